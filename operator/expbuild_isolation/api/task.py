@@ -1,0 +1,403 @@
+"""The ExecutionTask custom resource (expbuild.io/v1alpha1) as pydantic models.
+
+These models are the single source of truth: the CRD in ``crds/`` is generated
+from them (see ``api.crd``), local runs validate manifests with them, and the
+operator reads objects from the API server through them. Field descriptions
+become ``kubectl explain`` text. Rules that span fields exist twice, on purpose:
+as CEL (``x-kubernetes-validations``) for the API server and as validators here
+for local runs; ``tests/unit/test_crd.py`` checks that both reject the same
+manifests.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from datetime import datetime
+from enum import Enum
+from functools import total_ordering
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .quantities import QuantityError, parse_bytes, parse_cpu, parse_duration
+
+GROUP = "expbuild.io"
+VERSION = "v1alpha1"
+KIND = "ExecutionTask"
+PLURAL = "executiontasks"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE]\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h|d))+$|^[0-9]+$"
+PATH_RULES = [
+    {"rule": "!self.startsWith('/')", "message": "must be a relative path inside the workspace"},
+    {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "must not contain '..'"},
+]
+
+
+class Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              use_enum_values=False, validate_default=True)
+
+
+def _quantity_schema(description: str) -> dict[str, Any]:
+    return {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "description": description}
+
+
+Quantity = Annotated[str | int, Field(json_schema_extra=None)]
+
+
+def workspace_path(value: str, *, field: str, allow_root: bool = False) -> str:
+    """Normalize a path relative to the workspace, refusing anything that could leave it."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: {value!r} is not a path")
+    if value.startswith("/"):
+        raise ValueError(f"{field}: {value!r} is absolute; paths are relative to the workspace "
+                         f"(e.g. {value.lstrip('/') or 'out'!r})")
+    if re.search(r"(^|/)\.\.(/|$)", value):
+        raise ValueError(f"{field}: {value!r} contains '..'; paths must stay inside the workspace")
+    if "\0" in value:
+        raise ValueError(f"{field}: {value!r} contains a NUL byte")
+    normal = posixpath.normpath(value) if value else "."
+    if normal == "." and not allow_root:
+        raise ValueError(f"{field}: {value!r} names the workspace itself; name a file or directory in it")
+    return normal
+
+
+@total_ordering
+class IsolationLevel(str, Enum):
+    """How strongly a task is kept from the host, weakest first."""
+
+    NONE = "None"
+    PROCESS = "Process"
+    FILESYSTEM = "Filesystem"
+    CONTAINER = "Container"
+    VM = "VM"
+
+    @property
+    def rank(self) -> int:
+        return list(IsolationLevel).index(self)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, IsolationLevel):
+            return NotImplemented
+        return self.rank < other.rank
+
+
+class NetworkMode(str, Enum):
+    NONE = "None"
+    LOCALHOST = "Localhost"
+    RESTRICTED = "Restricted"
+    FULL = "Full"
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    CANCELLED = "Cancelled"
+    ERROR = "Error"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_PHASES
+
+
+FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.CANCELLED, Phase.ERROR})
+
+ExecutorName = Literal["auto", "job", "agent", "docker", "podman", "namespace", "host"]
+
+
+class EnvVar(Model):
+    name: str = Field(description="Variable name.", min_length=1, max_length=256,
+                      pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field("", description="Value; empty when omitted.", max_length=65536)
+
+
+class ConfigMapRef(Model):
+    name: str = Field(description="Name of a ConfigMap in the task's namespace (locally: a ConfigMap "
+                                  "YAML file next to the task, <name>.yaml).", min_length=1, max_length=253)
+
+
+class InputFile(Model):
+    """A file (inline content) or a directory (every key of a ConfigMap) placed before start."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.content) != has(self.configMap)",
+         "message": "each input needs exactly one of content or configMap"}]})
+
+    path: str = Field(description="Where in the workspace: a file for content, a directory for configMap.",
+                      max_length=4096, json_schema_extra={"x-kubernetes-validations": PATH_RULES})
+    content: str | None = Field(None, description="Inline file content (small files).", max_length=262144)
+    config_map: ConfigMapRef | None = Field(None, description="Copy every key of this ConfigMap into path/.")
+    executable: bool = Field(False, description="Mark the file executable (content only).")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return workspace_path(value, field="spec.inputs[].path", allow_root=True)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputFile:
+        if (self.content is None) == (self.config_map is None):
+            raise ValueError(f"spec.inputs[{self.path!r}]: each input needs exactly one of content or configMap")
+        return self
+
+
+class Outputs(Model):
+    paths: list[Annotated[str, Field(max_length=4096, json_schema_extra={"x-kubernetes-validations": PATH_RULES})]] = Field(
+        default_factory=list, max_length=256,
+        description="Files to collect after exit, relative to the workspace; each reported with sha256 and size.")
+
+    @field_validator("paths")
+    @classmethod
+    def _relative(cls, values: list[str]) -> list[str]:
+        return [workspace_path(v, field="spec.outputs.paths[]") for v in values]
+
+
+class Resources(Model):
+    cpu: str | int | None = Field(None, description='CPU cores, as a Kubernetes quantity ("500m", "2").',
+                                  json_schema_extra=_quantity_schema('CPU cores, as a Kubernetes quantity ("500m", "2").'))
+    memory: str | int | None = Field(None, description='Memory limit, swap included ("512Mi", "2Gi").',
+                                     json_schema_extra=_quantity_schema('Memory limit, swap included ("512Mi", "2Gi").'))
+    disk: str | int | None = Field(None, description='Space for the workspace and /tmp ("1Gi").',
+                                   json_schema_extra=_quantity_schema('Space for the workspace and /tmp ("1Gi").'))
+    pids: int | None = Field(None, ge=1, le=4194304, description="Most processes and threads at once (stops fork bombs).")
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            _quantity(parse_cpu, value, "spec.resources.cpu")
+        return value
+
+    @field_validator("memory", "disk")
+    @classmethod
+    def _bytes(cls, value: str | int | None, info: Any) -> str | int | None:
+        if value is not None:
+            amount = _quantity(parse_bytes, value, f"spec.resources.{info.field_name}")
+            if amount == 0:
+                raise ValueError(f"spec.resources.{info.field_name}: {value!r} must be more than 0")
+        return value
+
+    @property
+    def cpu_cores(self) -> float | None:
+        return None if self.cpu is None else parse_cpu(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else parse_bytes(self.memory)
+
+    @property
+    def disk_bytes(self) -> int | None:
+        return None if self.disk is None else parse_bytes(self.disk)
+
+
+def _quantity(parse: Any, value: Any, field: str) -> Any:
+    try:
+        return parse(value)
+    except QuantityError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+ALLOW_ENTRY = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\](/[0-9]{1,3})?|[0-9.]+(/[0-9]{1,2})?|[A-Za-z0-9*]([-A-Za-z0-9.*]*[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?$")
+
+
+class Network(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.policy != 'Restricted' || (has(self.allow) && size(self.allow) > 0)",
+         "message": "policy Restricted needs at least one allow entry (CIDR[:port])"},
+        {"rule": "self.policy == 'Restricted' || !has(self.allow) || size(self.allow) == 0",
+         "message": "allow is only used with policy Restricted"}]})
+
+    policy: NetworkMode = Field(NetworkMode.NONE, description="None: no network. Localhost: loopback only. "
+                                "Restricted: only the allow list. Full: unrestricted.")
+    allow: list[Annotated[str, Field(max_length=270)]] = Field(
+        default_factory=list, max_length=64,
+        description='Restricted only: "CIDR[:port]" entries (e.g. "10.20.0.0/16:443"); hostnames where the cluster can enforce them.')
+
+    @field_validator("allow")
+    @classmethod
+    def _entries(cls, values: list[str]) -> list[str]:
+        for entry in values:
+            match = ALLOW_ENTRY.match(entry)
+            if not match or (match.group("port") and not 0 < int(match.group("port")) < 65536):
+                raise ValueError(f"spec.network.allow: {entry!r} is not CIDR[:port] or hostname[:port] "
+                                 f"(e.g. \"10.20.0.0/16:443\")")
+        return values
+
+    @model_validator(mode="after")
+    def _allow_matches_policy(self) -> Network:
+        if self.policy is NetworkMode.RESTRICTED and not self.allow:
+            raise ValueError("spec.network: policy Restricted needs at least one allow entry (CIDR[:port])")
+        if self.policy is not NetworkMode.RESTRICTED and self.allow:
+            raise ValueError(f"spec.network.allow is only used with policy Restricted (policy is {self.policy.value})")
+        return self
+
+
+SECCOMP_PATTERN = r"^(RuntimeDefault|expbuild-default|expbuild-strict|Unconfined|Localhost/[-_./a-zA-Z0-9]+)$"
+
+
+class Isolation(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.seccompProfile != 'Unconfined' || self.minimum == 'None'",
+         "message": "seccompProfile Unconfined needs isolation.minimum None"}]})
+
+    minimum: IsolationLevel = Field(IsolationLevel.CONTAINER, description="The weakest isolation this task accepts "
+                                    "(None < Process < Filesystem < Container < VM). Never silently lowered.")
+    executor: ExecutorName = Field("auto", description="Which backend runs the task; auto picks the first that "
+                                   "meets minimum and the limits.")
+    runtime_class_name: str = Field("", max_length=253, description="Kubernetes RuntimeClass (e.g. gvisor, kata); "
+                                    "counts as VM isolation.")
+    seccomp_profile: str = Field("RuntimeDefault", max_length=512, pattern=SECCOMP_PATTERN,
+                                 description="RuntimeDefault, expbuild-default, expbuild-strict, Localhost/<file>, "
+                                 "or Unconfined (needs minimum None).")
+    read_only_root_filesystem: bool = Field(True, description="Mount the root filesystem read-only.")
+    run_as_user: int = Field(65534, ge=0, le=2147483647, description="User id the command runs as (container "
+                             "executors and Jobs).")
+
+    @model_validator(mode="after")
+    def _unconfined_needs_none(self) -> Isolation:
+        if self.seccomp_profile == "Unconfined" and self.minimum is not IsolationLevel.NONE:
+            raise ValueError(f"spec.isolation: seccompProfile Unconfined needs minimum None "
+                             f"(minimum is {self.minimum.value})")
+        return self
+
+
+class ExecutionTaskSpec(Model):
+    image: str = Field("", max_length=1024, description="Container image; ignored by the host and namespace "
+                       "executors unless they unpack images.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="When to pull the image (IfNotPresent keeps pre-loaded images working).")
+    command: list[Annotated[str, Field(max_length=131072)]] = Field(
+        min_length=1, max_length=4096, description="argv; the first element is the program (REAPI Command.arguments).")
+    env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Environment; nothing of the "
+                              "executor's environment leaks in except PATH and HOME defaults.")
+    working_dir: str = Field("", max_length=4096, description="Directory the command starts in, relative to the "
+                             "workspace (/workspace in containers).",
+                             json_schema_extra={"x-kubernetes-validations": PATH_RULES})
+    inputs: list[InputFile] = Field(default_factory=list, max_length=256, description="Files placed in the "
+                                    "workspace before start.")
+    outputs: Outputs = Field(default_factory=Outputs, description="Files collected after exit.")
+    timeout: str = Field("10m", max_length=64, pattern=DURATION_PATTERN,
+                         description='Hard wall-clock limit ("90s", "10m"); the task ends TimedOut with exit 124.')
+    resources: Resources = Field(default_factory=Resources, description="Resource limits; requests equal limits.")
+    network: Network = Field(default_factory=Network, description="What the command may reach over the network.")
+    isolation: Isolation = Field(default_factory=Isolation, description="How strongly the task is kept from the host.")
+    cancel: bool = Field(False, description="Set to true to stop the task; it ends Cancelled.")
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str) -> str:
+        return workspace_path(value, field="spec.workingDir", allow_root=True) if value else ""
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = f"{value}s" if float(value).is_integer() is False else f"{int(value)}s"
+        _quantity(parse_duration, value, "spec.timeout")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, values: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for var in values:
+            if var.name in seen:
+                raise ValueError(f"spec.env: {var.name!r} is set twice")
+            seen.add(var.name)
+        return values
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+
+class TaskStats(Model):
+    cpu_time_seconds: float | None = Field(None, description="User + system CPU time of the whole task.")
+    peak_memory_bytes: int | None = Field(None, description="Highest memory use seen.")
+    disk_read_bytes: int | None = Field(None, description="Bytes read from block devices, where measured.")
+    disk_write_bytes: int | None = Field(None, description="Bytes written to block devices, where measured.")
+
+
+class LogTails(Model):
+    stdout_tail: str = Field("", description="Last part of standard output.")
+    stderr_tail: str = Field("", description="Last part of standard error.")
+    truncated: bool = Field(False, description="True when the tails are shorter than the logs.")
+
+
+class OutputRecord(Model):
+    path: str = Field(description="Path relative to the workspace.")
+    sha256: str = Field(description="Hex SHA-256 of the content.")
+    size_bytes: int = Field(description="Size in bytes.")
+    executable: bool = Field(False, description="Executable bit set.")
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = None
+
+
+class ExecutionTaskStatus(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = Field(Phase.PENDING, description="Pending Scheduled Running Succeeded Failed TimedOut "
+                         "Cancelled Error.")
+    reason: str = Field("", description="Machine-readable why: Completed, NonZeroExit, OOMKilled, "
+                        "DeadlineExceeded, Evicted, AgentLost, Rejected, IsolationUnavailable, ...")
+    message: str = Field("", description="Human-readable detail.")
+    executor: str = Field("", description="The backend that really ran the task.")
+    isolation_level: IsolationLevel | None = Field(None, description="The isolation the task really got.")
+    node: str = Field("", description="Node (or host) the task ran on.")
+    exit_code: int | None = Field(None, description="Exit code; 124 after a timeout, 128+N after signal N.")
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    duration_seconds: float | None = None
+    stats: TaskStats | None = None
+    logs: LogTails | None = None
+    outputs: list[OutputRecord] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class ObjectMeta(BaseModel):
+    """The slice of ObjectMeta this project reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+
+    name: str = Field("", max_length=253)
+    namespace: str = ""
+    uid: str = ""
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecutionTask(Model):
+    """An untrusted command to run hardened, and what happened when it ran."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["expbuild.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["ExecutionTask"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ExecutionTaskSpec
+    status: ExecutionTaskStatus = Field(default_factory=ExecutionTaskStatus)
+
+    @property
+    def key(self) -> str:
+        """namespace/name, or just the name outside a cluster."""
+        ns = self.metadata.namespace
+        return f"{ns}/{self.metadata.name}" if ns else self.metadata.name

@@ -1,0 +1,1 @@
+"""The executor contract (``base``) and its backends, one module each."""

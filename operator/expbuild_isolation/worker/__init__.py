@@ -1,0 +1,1 @@
+"""Running tasks on one machine: worker configuration, the executor chain, local runs, the REAPI worker."""

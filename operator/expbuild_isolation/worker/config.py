@@ -1,0 +1,101 @@
+"""The worker TOML file (seed section 5): which executors, how configured, default limits.
+
+A bad file gives one error naming the file and the key, e.g.
+``worker.toml: executor.docker.memory_limit: unknown key (known: image, always_pull, ...)``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
+
+BackendName = Literal["host", "namespace", "docker", "podman"]
+DEFAULT_CHAIN: tuple[BackendName, ...] = ("docker", "podman", "namespace", "host")
+
+
+class ConfigError(Exception):
+    """The worker file is unreadable or invalid; the message names the file and key."""
+
+
+class PlatformConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    os: str = "linux"
+    arch: str = "x86_64"
+    container: str | None = None
+
+
+class ExecutorSection(BaseModel):
+    """``[executor]``: ``type`` picks one backend, or ``auto`` walks ``chain``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["auto", "host", "namespace", "docker", "podman"] = "auto"
+    chain: list[BackendName] = Field(default_factory=lambda: list(DEFAULT_CHAIN))
+    host: HostConfig = Field(default_factory=HostConfig)
+    namespace: NamespaceConfig = Field(default_factory=NamespaceConfig)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    podman: PodmanConfig = Field(default_factory=PodmanConfig)
+
+    @model_validator(mode="after")
+    def _chain_not_empty(self) -> ExecutorSection:
+        if self.type == "auto" and not self.chain:
+            raise ValueError("chain: must name at least one executor when type is auto")
+        return self
+
+    def backends(self) -> list[BackendName]:
+        """The backends to try, in order."""
+        return list(self.chain) if self.type == "auto" else [self.type]
+
+
+class WorkerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: str = "expbuild-worker"
+    server_url: str | None = None
+    cas_url: str | None = None
+    instance_name: str = ""
+    work_dir: Path = Path("/tmp/expbuild-worker")
+    max_concurrent_tasks: int = Field(4, ge=1)
+    isolation_minimum: Literal["None", "Process", "Filesystem", "Container", "VM"] = "None"
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
+
+
+def load_worker_config(path: str | Path) -> WorkerConfig:
+    """Read and validate a worker TOML file; ConfigError names the file and the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_worker_config(raw, source=str(path))
+
+
+def parse_worker_config(raw: dict, *, source: str = "<config>") -> WorkerConfig:
+    try:
+        return WorkerConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: dotted key, then what is wrong."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message} (got {error.get('input')!r})"
+                         if error["type"] not in ("missing",) else f"{key}: required")
+    return "; ".join(lines)
