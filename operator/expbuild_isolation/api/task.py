@@ -135,7 +135,7 @@ class InputFile(Model):
          "message": "each input needs exactly one of content or configMap"}]})
 
     path: str = Field(description="Where in the workspace: a file for content, a directory for configMap.",
-                      max_length=4096, json_schema_extra={"x-kubernetes-validations": PATH_RULES})
+                      max_length=1024, json_schema_extra={"x-kubernetes-validations": PATH_RULES})
     content: str | None = Field(None, description="Inline file content (small files).", max_length=262144)
     config_map: ConfigMapRef | None = Field(None, description="Copy every key of this ConfigMap into path/.")
     executable: bool = Field(False, description="Mark the file executable (content only).")
@@ -153,7 +153,7 @@ class InputFile(Model):
 
 
 class Outputs(Model):
-    paths: list[Annotated[str, Field(max_length=4096, json_schema_extra={"x-kubernetes-validations": PATH_RULES})]] = Field(
+    paths: list[Annotated[str, Field(max_length=1024, json_schema_extra={"x-kubernetes-validations": PATH_RULES})]] = Field(
         default_factory=list, max_length=256,
         description="Files to collect after exit, relative to the workspace; each reported with sha256 and size.")
 
@@ -281,7 +281,7 @@ class ExecutionTaskSpec(Model):
         min_length=1, max_length=4096, description="argv; the first element is the program (REAPI Command.arguments).")
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Environment; nothing of the "
                               "executor's environment leaks in except PATH and HOME defaults.")
-    working_dir: str = Field("", max_length=4096, description="Directory the command starts in, relative to the "
+    working_dir: str = Field("", max_length=1024, description="Directory the command starts in, relative to the "
                              "workspace (/workspace in containers).",
                              json_schema_extra={"x-kubernetes-validations": PATH_RULES})
     inputs: list[InputFile] = Field(default_factory=list, max_length=256, description="Files placed in the "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..executors.base import TaskExecutor
+from ..api.task import IsolationLevel
+from ..executors.base import (
+    ExecutionRequest, ExecutionResult, ExecutorCapabilities, ExecutorError, ExecutorUnavailable, TaskExecutor,
+)
 from .config import BackendName, WorkerConfig
 
 
@@ -24,7 +27,47 @@ def build_executor(name: BackendName, config: WorkerConfig) -> TaskExecutor:
     raise ValueError(f"unknown executor {name!r} (known: host, namespace, docker, podman)")
 
 
+class MissingBackend:
+    """Stands in the chain for a backend that cannot even be constructed here; always unhealthy, says why."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name, self.why = name, why
+
+    def isolation_level(self) -> IsolationLevel:
+        return IsolationLevel.NONE
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return ExecutorCapabilities(isolation_level=IsolationLevel.NONE, network_policies=frozenset(),
+                                    seccomp_profiles=frozenset())
+
+    async def health_check(self) -> None:
+        raise ExecutorUnavailable(self.why)
+
+    async def warmup(self) -> None:
+        raise ExecutorUnavailable(self.why)
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        raise ExecutorUnavailable(self.why)
+
+
+LOCAL_BACKENDS = ("host", "namespace", "docker", "podman")
+
+
 def build_chain(config: WorkerConfig, only: str | None = None) -> list[TaskExecutor]:
-    """The executors to try for ``auto`` (or just ``only`` when the task or the CLI names one)."""
+    """The executors to try for ``auto`` (or just ``only`` when the task or the CLI names one).
+
+    A backend that cannot be built (module or SDK missing, bad socket URL) stays in the chain
+    as an unhealthy MissingBackend, so selection reports why it was skipped.
+    """
     names = config.executor.backends() if only in (None, "auto") else [only]
-    return [build_executor(name, config) for name in names]  # type: ignore[arg-type]
+    chain: list[TaskExecutor] = []
+    for name in names:
+        if name not in LOCAL_BACKENDS:
+            chain.append(MissingBackend(name, f"{name!r} runs only in a Kubernetes cluster; locally use one of "
+                                              f"auto, {', '.join(LOCAL_BACKENDS)}"))
+            continue
+        try:
+            chain.append(build_executor(name, config))  # type: ignore[arg-type]
+        except (ImportError, ExecutorError, OSError, ValueError) as exc:
+            chain.append(MissingBackend(name, f"cannot be set up here: {exc}"))
+    return chain

@@ -1,0 +1,126 @@
+"""Generate the ExecutionTask CustomResourceDefinition from the pydantic models.
+
+``python -m expbuild_isolation.api.crd`` (or ``expbuild-isolation crd``) prints
+it; ``crds/executiontask.yaml`` is its committed output and a test fails when the
+two differ. The JSON schema pydantic produces is turned into a Kubernetes
+*structural* schema: references inlined, ``Optional`` unwrapped, titles dropped,
+int-or-string quantities marked, CEL rules kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from .task import GROUP, KIND, PLURAL, VERSION, ExecutionTaskSpec, ExecutionTaskStatus
+
+_DROP = {"title", "$defs"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if node.get("x-kubernetes-int-or-string"):
+        keep = {k: v for k, v in node.items() if k not in _DROP and k != "default"}
+        if "default" in node and node["default"] is not None:
+            keep["default"] = node["default"]
+        return keep
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(branches) == 1:
+            merged = {**_structural(branches[0], defs), **_structural(rest, defs)}
+            if merged.get("default", 0) is None:
+                merged.pop("default")
+            return merged
+        raise ValueError(f"cannot express anyOf {node['anyOf']!r} in a structural schema")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or (key == "additionalProperties" and value is False):
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = _structural(value, defs)
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if out.get("default", 0) is None:
+        out.pop("default")
+    return out
+
+
+def schema_for(model: type) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of one of our models."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")  # type: ignore[attr-defined]
+    defs = raw.get("$defs", {})
+    return _structural(raw, defs)
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = schema_for(ExecutionTaskSpec)
+    spec_schema["description"] = "What to run and how strongly to isolate it."
+    status_schema = schema_for(ExecutionTaskStatus)
+    status_schema["description"] = "What happened; written by the operator or the node agent."
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Exit", "type": "integer", "jsonPath": ".status.exitCode"},
+        {"name": "Executor", "type": "string", "jsonPath": ".status.executor"},
+        {"name": "Isolation", "type": "string", "jsonPath": ".status.isolationLevel"},
+        {"name": "Node", "type": "string", "jsonPath": ".status.node"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}",
+                     "labels": {"app.kubernetes.io/name": "expbuild-isolation"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
+                      "singular": KIND.lower(), "shortNames": ["xt"], "categories": ["expbuild"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An untrusted build or test command, run hardened by expbuild-isolation.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                        "status": status_schema,
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def render_crd_yaml() -> str:
+    header = "# Generated from operator/expbuild_isolation/api/task.py by `expbuild-isolation crd`. Do not edit.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def main() -> None:
+    sys.stdout.write(render_crd_yaml())
+
+
+if __name__ == "__main__":
+    main()

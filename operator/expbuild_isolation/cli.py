@@ -1,0 +1,168 @@
+"""``expbuild-isolation``: run a task locally, print the CRD, run the operator or the node agent.
+
+Errors are one line on stderr, never a traceback. ``run`` exits with the task's
+own exit code (124 after a timeout); 125 means the task could not be run at all
+(invalid manifest, no executor meets its isolation floor), as with ``docker run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .api.task import ExecutionTaskStatus, Phase
+from .worker.chain import build_chain
+from .worker.config import ConfigError, WorkerConfig, load_worker_config
+from .worker.local import InvalidTask, load_task, run_task
+
+EXIT_NOT_RUN = 125
+
+
+class CliError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, InvalidTask, ConfigError) as exc:
+        print(f"expbuild-isolation: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUN if args.command == "run" else 2
+    except KeyboardInterrupt:
+        print("expbuild-isolation: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expbuild-isolation", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an ExecutionTask manifest on this machine")
+    run.add_argument("task", type=Path, help="ExecutionTask YAML file")
+    run.add_argument("--executor", choices=["auto", "host", "namespace", "docker", "podman"],
+                     help="backend to use (default: the task's isolation.executor, else auto)")
+    run.add_argument("--config", type=Path, help="worker TOML file (executors, chain, defaults)")
+    run.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    run.set_defaults(func=_run)
+
+    crd = sub.add_parser("crd", help="print the ExecutionTask CustomResourceDefinition")
+    crd.set_defaults(func=_crd)
+
+    operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    operator.add_argument("--namespace", "-n", action="append", default=[],
+                          help="namespace to watch (repeatable; default: all namespaces)")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    operator.add_argument("--peering", default=None, help="kopf peering name for more than one replica")
+    operator.add_argument("--standalone", action="store_true", help="no peering (one replica only)")
+    operator.set_defaults(func=_operator)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_worker_config(args.config) if args.config else WorkerConfig()
+    task = load_task(args.task)
+    choice = args.executor or task.spec.isolation.executor
+    chain = build_chain(config, choice)
+    progress = _Progress(enabled=sys.stderr.isatty() and args.output == "table")
+    status = asyncio.run(_run_with_progress(task, chain, config, args.task.parent, progress))
+    _print_status(task.metadata.name, status, args.output)
+    if status.phase is Phase.ERROR or status.exit_code is None:
+        return EXIT_NOT_RUN
+    return status.exit_code if status.exit_code < 256 else 1
+
+
+async def _run_with_progress(task, chain, config, base_dir, progress):  # type: ignore[no-untyped-def]
+    ticker = asyncio.create_task(progress.tick()) if progress.enabled else None
+    try:
+        return await run_task(task, chain, config, base_dir=base_dir, on_selected=progress.selected)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            progress.clear()
+
+
+class _Progress:
+    """A one-line "running on namespace... 12s" on a terminal, erased at the end."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.executor = "?"
+        self.started = time.monotonic()
+
+    def selected(self, executor) -> None:  # type: ignore[no-untyped-def]
+        self.executor = executor.name
+        self.started = time.monotonic()
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            elapsed = time.monotonic() - self.started
+            sys.stderr.write(f"\r\033[Krunning on {self.executor}... {elapsed:.0f}s")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def _print_status(name: str, status: ExecutionTaskStatus, output: str) -> None:
+    data = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if output == "json":
+        print(json.dumps({"name": name, "status": data}, indent=2))
+        return
+    if output == "yaml":
+        print(yaml.safe_dump({"name": name, "status": data}, sort_keys=False), end="")
+        return
+    rows = [("Task", name), ("Phase", status.phase.value), ("Reason", status.reason),
+            ("Exit code", "" if status.exit_code is None else str(status.exit_code)),
+            ("Executor", status.executor or "-"),
+            ("Isolation", status.isolation_level.value if status.isolation_level else "-")]
+    if status.duration_seconds is not None:
+        rows.append(("Duration", f"{status.duration_seconds:.3f}s"))
+    if status.stats:
+        if status.stats.cpu_time_seconds is not None:
+            rows.append(("CPU time", f"{status.stats.cpu_time_seconds:.3f}s"))
+        if status.stats.peak_memory_bytes is not None:
+            rows.append(("Peak memory", f"{status.stats.peak_memory_bytes / 2**20:.1f} MiB"))
+    if status.message:
+        rows.append(("Message", status.message))
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}")
+    for out in status.outputs:
+        flag = " (executable)" if out.executable else ""
+        print(f"Output: {out.path}  sha256:{out.sha256}  {out.size_bytes} bytes{flag}")
+    if status.logs:
+        for label, tail in (("stdout", status.logs.stdout_tail), ("stderr", status.logs.stderr_tail)):
+            if tail:
+                print(f"--- {label} (tail) ---")
+                print(tail, end="" if tail.endswith("\n") else "\n")
+
+
+def _crd(_args: argparse.Namespace) -> int:
+    from .api.crd import render_crd_yaml
+    sys.stdout.write(render_crd_yaml())
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    try:
+        from .controller.run import run_operator
+    except ImportError as exc:
+        raise CliError(f"the operator cannot start: {exc}") from None
+    run_operator(args.namespace, liveness=args.liveness, peering=args.peering, standalone=args.standalone)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
