@@ -1,0 +1,332 @@
+"""The namespace executor: Linux namespaces + cgroups + seccomp, no container runtime.
+
+Each task gets its own cgroup (limits set before anything runs in it), new PID,
+mount, network, UTS and IPC namespaces, a fresh root (read-only binds of the
+host's /usr, /bin, /lib* and a minimal /etc, or a directory), the workspace at
+/workspace, a fresh /proc, a minimal /dev, a size-limited noexec /tmp, no
+capabilities, no_new_privs, a non-root uid and a seccomp filter. The launch
+itself is done by the zygote in ``nsinit.py``; this module decides, waits, kills
+and reports.
+
+Network: None gives a network namespace whose loopback stays *down* (even
+127.0.0.1 is unreachable); Localhost brings lo up, alone; Full shares the host
+network; Restricted is not offered (no per-task firewall here).
+
+Disk: with a disk limit the workspace is copied into a host tmpfs of that size
+(which also holds /tmp, so the two share the limit), the task runs there, and
+what it leaves is copied back afterwards; tmpfs pages also count against the
+memory limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..api.task import IsolationLevel, NetworkMode
+from . import cgroups, nsinit, seccomp
+from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
+                   TerminationReason)
+from .config import NamespaceConfig
+from .workspace import collect_outputs
+
+DISK_ROOT = Path(nsinit.LAUNCH_ROOT) / "disk"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_sequence = itertools.count()
+
+
+class _Zygote:
+    """The process-wide launcher; restarted if it dies."""
+
+    _lock = threading.Lock()
+    _process: subprocess.Popen | None = None
+    _socket: socket.socket | None = None
+
+    @classmethod
+    def send(cls, spec: nsinit.LaunchSpec, fds: list[int]) -> None:
+        with cls._lock:
+            for attempt in range(2):
+                if cls._process is None or cls._process.poll() is not None:
+                    cls._start()
+                try:
+                    socket.send_fds(cls._socket, [spec.to_bytes()], fds)
+                    return
+                except OSError:
+                    if attempt:
+                        raise
+                    cls._process = None
+
+    @classmethod
+    def _start(cls) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {"PATH": DEFAULT_PATH, "PYTHONPATH": package_root, "PYTHONDONTWRITEBYTECODE": "1"}
+        cls._process = subprocess.Popen(
+            [sys.executable, "-m", "expbuild_isolation.executors.nsinit", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
+        theirs.close()
+        cls._socket = ours
+
+    @classmethod
+    def ensure(cls) -> None:
+        with cls._lock:
+            if cls._process is None or cls._process.poll() is not None:
+                cls._start()
+
+
+class NamespaceExecutor:
+    name = "namespace"
+
+    def __init__(self, config: NamespaceConfig | None = None) -> None:
+        self.config = config or NamespaceConfig()
+        self.cgroup_parent = self.config.cgroup_parent or "expbuild"
+        self._defaults = self.config.default_limits.to_limits()
+        self._problem = self._find_problem()
+        if self._problem is None:
+            self.sweep()
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def isolation_level(self) -> IsolationLevel:
+        return IsolationLevel.CONTAINER
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return ExecutorCapabilities(
+            isolation_level=IsolationLevel.CONTAINER, supports_cpu_limit=True, supports_memory_limit=True,
+            supports_disk_limit=True, supports_pids_limit=True,
+            network_policies=frozenset({NetworkMode.NONE, NetworkMode.LOCALHOST, NetworkMode.FULL}),
+            supports_readonly_rootfs=True,
+            seccomp_profiles=frozenset({"RuntimeDefault", "expbuild-default", "expbuild-strict", "Unconfined"}),
+            uses_image=False)
+
+    async def health_check(self) -> None:
+        if self._problem:
+            raise ExecutorUnavailable(self._problem)
+        await asyncio.to_thread(_Zygote.ensure)
+
+    async def warmup(self) -> None:
+        await self.health_check()
+
+    def sweep(self) -> None:
+        """Remove what a crashed worker left: cgroups (killing their processes) and disk tmpfs mounts."""
+        cgroups.sweep(self.cgroup_parent)
+        with contextlib.suppress(OSError):
+            for entry in DISK_ROOT.iterdir():
+                if not cgroups._owner_alive(entry.name):  # noqa: SLF001 - same naming rule as the cgroups
+                    _remove_disk(entry)
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        if self._problem:
+            raise ExecutorUnavailable(self._problem)
+        if request.limits.network.mode == NetworkMode.RESTRICTED:
+            raise ExecutorUnavailable("namespace executor cannot enforce network policy Restricted")
+        profile = seccomp.resolve_profile_name(request.seccomp_profile)
+        limits = request.limits.merged_over(self._defaults)
+        started = time.monotonic()
+        unique = f"-{next(_sequence)}"
+        group = await asyncio.to_thread(self._make_cgroup, request.task_id, unique, limits)
+        disk = None
+        outcome: dict = {"timed_out": False, "readers": []}
+        try:
+            workspace = request.workspace
+            if limits.disk_bytes is not None:
+                disk = await asyncio.to_thread(_make_disk, f"{unique[1:]}.{os.getpid()}", request, limits.disk_bytes)
+                workspace = disk / "ws"
+            elif request.run_as_user is not None:
+                await asyncio.to_thread(_chown_tree, workspace, request.run_as_user)
+            spec = self._spec(request, workspace, group, profile, disk)
+            await self._run(spec, request, outcome)
+        finally:
+            await asyncio.to_thread(group.kill)
+            outcome["results"] = await _finish(outcome["readers"])
+            stats = await asyncio.to_thread(group.stats)
+            await asyncio.to_thread(_quietly, group.remove)
+            if disk is not None:
+                await asyncio.to_thread(_copy_back_and_remove, disk, request.workspace)
+        files, problems = collect_outputs(request.workspace, request.output_paths)
+        return self._result(request, outcome, stats, time.monotonic() - started, files, problems)
+
+    # -- pieces ------------------------------------------------------------------------------------
+
+    def _find_problem(self) -> str | None:
+        if sys.platform != "linux":
+            return f"needs Linux namespaces; this is {sys.platform}"
+        if os.geteuid() != 0:
+            return (f"needs root or unprivileged user namespaces (the user-namespace mode is not implemented); "
+                    f"running as uid {os.geteuid()}")
+        if nsinit.platform.machine() not in nsinit.SYS_PIVOT_ROOT:
+            return f"needs x86_64 or aarch64 syscall numbers; this is {nsinit.platform.machine()}"
+        try:
+            cgroups.detect_version()
+        except cgroups.CgroupError as exc:
+            return f"needs root or unprivileged user namespaces and cgroups: {exc}"
+        try:
+            import pyseccomp  # noqa: F401
+        except (ImportError, OSError) as exc:
+            return f"needs libseccomp (pyseccomp): {exc}"
+        if self.config.rootfs != "host" and not Path(self.config.rootfs, "bin").exists():
+            return f"rootfs {self.config.rootfs!r} has no bin/; set rootfs to \"host\" or a root filesystem directory"
+        return None
+
+    def _make_cgroup(self, task_id: str, unique: str, limits) -> cgroups.TaskCgroup:  # type: ignore[no-untyped-def]
+        group = cgroups.TaskCgroup.create(task_id, parent=self.cgroup_parent, unique=unique)
+        try:
+            group.set_limits(memory_bytes=limits.memory_bytes, max_processes=limits.max_processes,
+                             cpu_cores=limits.cpu_cores)
+        except cgroups.CgroupError:
+            group.remove()
+            raise
+        return group
+
+    def _spec(self, request: ExecutionRequest, workspace: Path, group: cgroups.TaskCgroup, profile: str | None,
+              disk: Path | None) -> nsinit.LaunchSpec:
+        env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "TMPDIR": "/tmp", **request.env}
+        namespaces = [name for name, on in (("pid", self.config.use_pid_namespace),
+                                            ("mount", self.config.use_mount_namespace),
+                                            ("net", self.config.use_network_namespace),
+                                            ("uts", self.config.use_uts_namespace),
+                                            ("ipc", self.config.use_ipc_namespace)) if on]
+        network = {NetworkMode.NONE: "none", NetworkMode.LOCALHOST: "localhost",
+                   NetworkMode.FULL: "full"}[request.limits.network.mode]
+        uid = request.run_as_user
+        return nsinit.LaunchSpec(
+            argv=list(request.argv), env=env, cwd=str(Path("/workspace", request.working_dir)),
+            workspace=str(workspace), cgroup_procs=[str(p) for p in group.procs_files], rootfs=self.config.rootfs,
+            tmp_source=str(disk / "tmp") if disk else None, tmp_size_bytes=self.config.tmp_size_bytes,
+            network=network, uid=uid, gid=uid, seccomp_profile=profile, read_only_root=request.read_only_root,
+            namespaces=namespaces)
+
+    async def _run(self, spec: nsinit.LaunchSpec, request: ExecutionRequest, outcome: dict) -> None:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        try:
+            await asyncio.to_thread(_Zygote.send, spec, [out_w, err_w, status_w])
+        finally:
+            for fd in (out_w, err_w, status_w):
+                os.close(fd)
+        limit = request.log_limit_bytes
+        readers = [asyncio.ensure_future(_read_bounded(fd, size)) for fd, size in
+                   ((out_r, limit), (err_r, limit), (status_r, 1 << 16))]
+        outcome["readers"] = readers
+        try:
+            await asyncio.wait_for(asyncio.shield(readers[2]), request.timeout_seconds)
+        except asyncio.TimeoutError:
+            outcome["timed_out"] = True
+
+    def _result(self, request: ExecutionRequest, outcome: dict, stats: cgroups.CgroupStats, duration: float,
+                files, problems) -> ExecutionResult:  # type: ignore[no-untyped-def]
+        (stdout, out_trunc), (stderr, err_trunc), (status, _) = outcome["results"]
+        lines = status.decode(errors="replace").splitlines()
+        errors = [line for line in lines if "-error: " in line]
+        ends = [line for line in lines if line.startswith(("exit ", "signal "))]
+        message = ""
+        if outcome["timed_out"]:
+            code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
+            message = f"killed after the {request.timeout_seconds:g}s timeout"
+        elif stats.oom_killed:
+            code, reason, message = 137, TerminationReason.OOM_KILLED, "killed by the kernel at the memory limit"
+        elif errors:
+            code, reason, message = 127, TerminationReason.START_FAILED, errors[0].split("-error: ", 1)[1]
+        elif ends:
+            kind, number = ends[-1].split()
+            code = int(number) if kind == "exit" else 128 + int(number)
+            reason = TerminationReason.COMPLETED if code == 0 else TerminationReason.NON_ZERO_EXIT
+            if code != 0 and stats.pids_limit_hit:
+                reason, message = TerminationReason.PIDS_LIMIT, "a fork was refused at the pids limit"
+        else:
+            code, reason, message = 137, TerminationReason.NON_ZERO_EXIT, "the launcher was killed"
+        return ExecutionResult(
+            exit_code=code, reason=reason, executor=self.name, isolation_level=IsolationLevel.CONTAINER,
+            stdout=stdout, stderr=stderr, stdout_truncated=out_trunc, stderr_truncated=err_trunc,
+            output_files=tuple(files), output_problems=tuple(problems), message=message,
+            stats=ExecutionStats(duration_seconds=duration, cpu_time_seconds=stats.cpu_time_seconds,
+                                 peak_memory_bytes=stats.peak_memory_bytes, disk_read_bytes=stats.disk_read_bytes,
+                                 disk_write_bytes=stats.disk_write_bytes))
+
+
+async def _finish(readers: list[asyncio.Future]) -> list[tuple[bytes, bool]]:
+    """The readers' results once the cgroup is dead (every writer gone); empty output if one still hangs."""
+    if not readers:
+        return [(b"", False)] * 3
+    done, pending = await asyncio.wait(readers, timeout=10)
+    for future in pending:
+        future.cancel()
+    return [f.result() if f in done and not f.exception() else (b"", False) for f in readers]
+
+
+async def _read_bounded(fd: int, limit: int) -> tuple[bytes, bool]:
+    """Read a pipe to EOF, keeping the first ``limit`` bytes (and draining the rest so the writer never blocks)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    kept = bytearray()
+    truncated = False
+    try:
+        while chunk := await reader.read(1 << 16):
+            room = limit - len(kept)
+            if len(chunk) > room:
+                truncated = True
+            kept += chunk[:max(room, 0)]
+    finally:
+        transport.close()
+    return bytes(kept), truncated
+
+
+def _quietly(func) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.suppress(cgroups.CgroupError, OSError):
+        func()
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.lchown(root, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, uid)
+
+
+def _make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
+    """A host tmpfs of ``size`` bytes holding a copy of the workspace (ws/) and the task's /tmp (tmp/)."""
+    disk = DISK_ROOT / name
+    disk.mkdir(parents=True)
+    nsinit.mount("tmpfs", str(disk), "tmpfs", nsinit.MS_NOSUID | nsinit.MS_NODEV, f"size={size},mode=0755")
+    try:
+        shutil.copytree(request.workspace, disk / "ws", symlinks=True, dirs_exist_ok=True)
+        (disk / "tmp").mkdir(mode=0o1777)
+        os.chmod(disk / "tmp", 0o1777)
+        if request.run_as_user is not None:
+            _chown_tree(disk / "ws", request.run_as_user)
+    except BaseException:
+        _remove_disk(disk)
+        raise
+    return disk
+
+
+def _copy_back_and_remove(disk: Path, workspace: Path) -> None:
+    """Copy what the task left (regular files, dirs, symlinks as links; never fifos or devices), then unmount."""
+    try:
+        def special(directory: str, names: list[str]) -> set[str]:
+            return {n for n in names if not stat.S_ISREG(m := os.lstat(os.path.join(directory, n)).st_mode)
+                    and not stat.S_ISDIR(m) and not stat.S_ISLNK(m)}
+        shutil.copytree(disk / "ws", workspace, symlinks=True, dirs_exist_ok=True, ignore=special)
+    finally:
+        _remove_disk(disk)
+
+
+def _remove_disk(disk: Path) -> None:
+    with contextlib.suppress(OSError):
+        nsinit.umount(str(disk))
+    with contextlib.suppress(OSError):
+        disk.rmdir()

@@ -1,0 +1,323 @@
+"""The launcher of the namespace executor: a pre-forked, single-threaded zygote.
+
+Why a zygote: starting a Python interpreter per task costs 20-40 ms, and forking
+the worker itself is unsafe (it is an asyncio process with threads). The worker
+starts this module once (``python -m expbuild_isolation.executors.nsinit FD``);
+for each task it sends a JSON ``LaunchSpec`` plus three pipe ends (stdout,
+stderr, status) over a SOCK_SEQPACKET socket. The zygote forks:
+
+    zygote ── fork ──> waiter: joins the task cgroup, unshare(ns flags), fork
+                        └──> pid 1 of the new PID namespace: private mounts,
+                             pivot_root into a fresh root, /proc, /dev, /tmp,
+                             hostname, lo, drop caps, setuid, no_new_privs,
+                             seccomp, exec.
+
+The waiter writes ``exit N`` or ``signal N`` to the status pipe when pid 1 ends
+(the kernel then kills everything left in the namespace). Setup failures are
+written as ``setup-error: ...`` / ``exec-error: ...`` by pid 1 itself; the
+status pipe is close-on-exec, so the task never holds it.
+
+This module imports nothing heavy: it runs in every forked child.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import platform
+import signal
+import socket
+import struct
+import sys
+from dataclasses import asdict, dataclass, field
+
+from . import seccomp
+
+LAUNCH_ROOT = "/run/expbuild-isolation"
+ROOT_MOUNTPOINT = f"{LAUNCH_ROOT}/root"   # every task mounts its root here, each in its own mount namespace
+HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_BINDS = ("nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime",
+             "host.conf", "gai.conf")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str                                # inside the new root
+    workspace: str                          # host directory bound at /workspace
+    cgroup_procs: list[str] = field(default_factory=list)
+    rootfs: str = "host"
+    tmp_source: str | None = None           # host directory bound at /tmp (disk-limited tasks) ...
+    tmp_size_bytes: int = 64 << 20          # ... else a tmpfs of this size
+    network: str = "none"                   # none | localhost | full
+    hostname: str = "expbuild"
+    uid: int | None = 65534
+    gid: int | None = 65534
+    seccomp_profile: str | None = "expbuild-default"
+    read_only_root: bool = True
+    namespaces: list[str] = field(default_factory=lambda: ["pid", "mount", "net", "uts", "ipc"])
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def _bind(source: str, target: str, *, readonly: bool, extra: int = MS_NOSUID | MS_NODEV) -> None:
+    mount(source, target, None, MS_BIND | MS_REC)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | extra | (MS_RDONLY if readonly else 0))
+
+
+def _touch(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def _host_root(root: str, spec: LaunchSpec) -> None:
+    """A fresh tmpfs root holding read-only binds of the host's programs and a minimal /etc."""
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for path in HOST_DIRS:
+        target = root + path
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), target)
+        elif os.path.isdir(path):
+            os.mkdir(target)
+            _bind(path, target, readonly=True)
+    os.mkdir(f"{root}/etc")
+    for name in ETC_BINDS + (("resolv.conf", "hosts") if spec.network == "full" else ()):
+        source = f"/etc/{name}"
+        if os.path.isdir(source) and not os.path.islink(source):
+            os.mkdir(f"{root}/etc/{name}")
+        elif os.path.exists(source):
+            _touch(f"{root}/etc/{name}")
+        else:
+            continue
+        _bind(source, f"{root}/etc/{name}", readonly=True)
+    uid = spec.uid if spec.uid is not None else 0
+    gid = spec.gid if spec.gid is not None else 0
+    users = {0: "root", 65534: "nobody", uid: "expbuild" if uid not in (0, 65534) else ("root", "nobody")[uid != 0]}
+    _write(f"{root}/etc/passwd", "".join(f"{n}:x:{u}:{u if u != 65534 else 65534}:{n}:/workspace:/bin/sh\n"
+                                         for u, n in sorted(users.items())))
+    groups = {0: "root", 65534: "nogroup", gid: "expbuild" if gid not in (0, 65534) else ("root", "nogroup")[gid != 0]}
+    _write(f"{root}/etc/group", "".join(f"{n}:x:{g}:\n" for g, n in sorted(groups.items())))
+    if spec.network != "full":
+        _write(f"{root}/etc/hosts", f"127.0.0.1 localhost {spec.hostname}\n::1 localhost\n")
+    _write(f"{root}/etc/hostname", spec.hostname + "\n")
+
+
+def _populate(root: str, spec: LaunchSpec) -> None:
+    for name in ("workspace", "proc", "dev", "tmp"):
+        os.makedirs(f"{root}/{name}", exist_ok=True)
+    _bind(spec.workspace, f"{root}/workspace", readonly=False)
+    if spec.tmp_source:
+        _bind(spec.tmp_source, f"{root}/tmp", readonly=False, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    else:
+        mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              f"size={spec.tmp_size_bytes},mode=1777")
+    mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for masked in ("sys", "sysrq-trigger", "irq", "bus"):
+        if os.path.exists(f"{root}/proc/{masked}"):
+            _bind(f"{root}/proc/{masked}", f"{root}/proc/{masked}", readonly=True, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    dev = f"{root}/dev"
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
+    for node in DEV_NODES:
+        if os.path.exists(f"/dev/{node}"):
+            _touch(f"{dev}/{node}")
+            _bind(f"/dev/{node}", f"{dev}/{node}", readonly=False, extra=MS_NOSUID | MS_NOEXEC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    os.mkdir(f"{dev}/shm")
+    mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={spec.tmp_size_bytes},mode=1777")
+    mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
+
+
+def _pivot(root: str) -> None:
+    os.chdir(root)
+    _check(_libc.syscall(SYS_PIVOT_ROOT[platform.machine()], b".", b"."), "pivot_root")
+    umount(".")   # the old root, stacked under the new one by pivot_root(".", ".")
+    os.chdir("/")
+
+
+def _loopback_up() -> None:
+    import fcntl
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH14s", b"lo", 0x1 | 0x8 | 0x40, b"")   # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(sock, 0x8914, ifreq)                                 # SIOCSIFFLAGS
+
+
+def _drop_privileges(spec: LaunchSpec) -> None:
+    last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for cap in range(last_cap + 1):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    os.setgroups([])
+    if spec.gid is not None:
+        os.setresgid(spec.gid, spec.gid, spec.gid)
+    if spec.uid is not None:
+        os.setresuid(spec.uid, spec.uid, spec.uid)
+    header = struct.pack("II", 0x20080522, 0)        # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = ctypes.create_string_buffer(24)           # two zeroed __user_cap_data_struct: no caps at all
+    _check(_libc.syscall(SYS_CAPSET[platform.machine()], ctypes.c_char_p(header), data), "capset")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _pid1(spec: LaunchSpec, fds: list[int], status_fd: int) -> None:
+    """Runs as pid 1 of the new namespaces; never returns."""
+    stage = "setup"
+    try:
+        if "mount" in spec.namespaces:
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
+            root = ROOT_MOUNTPOINT
+            if spec.rootfs == "host":
+                _host_root(root, spec)
+            else:
+                _bind(spec.rootfs, root, readonly=False)
+            _populate(root, spec)
+            _pivot(root)
+            if spec.read_only_root:
+                mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        if "uts" in spec.namespaces:
+            socket.sethostname(spec.hostname)
+        if spec.network == "localhost" and "net" in spec.namespaces:
+            _loopback_up()
+        os.chdir(spec.cwd)
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
+        _drop_privileges(spec)
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        os.closerange(3, status_fd)
+        os.closerange(status_fd + 1, 1 << 16)
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        if spec.seccomp_profile:
+            seccomp.load_filter(spec.seccomp_profile)
+        stage = "exec"
+        os.execvpe(spec.argv[0], spec.argv, spec.env)
+    except BaseException as exc:  # noqa: BLE001 - anything here is reported, then we die
+        with _suppress():
+            os.write(status_fd, f"{stage}-error: {exc}\n".encode())
+    os._exit(127)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def _waiter(spec: LaunchSpec, fds: list[int]) -> None:
+    """The zygote's child: joins the cgroup, unshares, forks pid 1 and reports how it ended."""
+    status_fd = fds[2]
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        me = str(os.getpid())
+        for procs in spec.cgroup_procs:
+            with open(procs, "w") as handle:
+                handle.write(me)
+        flags = 0
+        for name, flag in (("pid", CLONE_NEWPID), ("mount", CLONE_NEWNS), ("uts", CLONE_NEWUTS),
+                           ("ipc", CLONE_NEWIPC), ("net", CLONE_NEWNET)):
+            if name in spec.namespaces and not (name == "net" and spec.network == "full"):
+                flags |= flag
+        _check(_libc.unshare(flags), "unshare")
+        pid = os.fork()
+    except BaseException as exc:  # noqa: BLE001
+        with _suppress():
+            os.write(status_fd, f"setup-error: {exc}\n".encode())
+        os._exit(127)
+    if pid == 0:
+        _pid1(spec, fds, status_fd)
+    os.close(fds[0])
+    os.close(fds[1])
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    line = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+    with _suppress():
+        os.write(status_fd, f"{line}\n".encode())
+    os._exit(0)
+
+
+def serve(control: socket.socket) -> None:
+    """The zygote loop: one launch per message, until the worker closes the socket."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # waiters are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.makedirs(ROOT_MOUNTPOINT, exist_ok=True)
+    import fcntl  # noqa: F401 - imported once here, not in every forked child
+    import pyseccomp  # noqa: F401
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 3)
+        except InterruptedError:
+            continue
+        if not message:
+            return
+        try:
+            spec = LaunchSpec(**json.loads(message))
+            pid = os.fork()
+        except BaseException as exc:  # noqa: BLE001
+            with _suppress():
+                os.write(fds[2], f"setup-error: launcher: {exc}\n".encode())
+            pid = -1
+        if pid == 0:
+            control.close()
+            _waiter(spec, fds)
+        for fd in fds:
+            os.close(fd)
+
+
+def main(argv: list[str]) -> int:
+    control = socket.socket(fileno=int(argv[0]))
+    serve(control)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
