@@ -1,0 +1,366 @@
+"""Run tasks in containers through the Docker Engine API (seed sections 4.1 and 5.1).
+
+Lifecycle of one task: create (or take a warm container) -> start -> wait with
+the deadline -> on timeout kill (exit 124) -> read stdout and stderr, bounded ->
+exit state (OOMKilled -> exit 137) -> stats from the task's parent cgroup ->
+outputs -> remove. Removal happens on every path, cancellation included: the
+container has a name before it exists, so a create still in flight when the
+task is cancelled is awaited and then removed. Nothing relies on auto_remove,
+which races with reading logs and state.
+
+Blocking SDK calls run in threads (``asyncio.to_thread``); the long ``wait`` of
+each task runs in this executor's own thread pool, so that many concurrent tasks
+cannot starve the event loop's small default pool of the threads that start,
+kill and remove containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import socket
+import stat
+import time
+import uuid
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
+                   IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
+from .config import DockerConfig
+from .container_cgroup import ContainerCgroup, sweep_orphans
+from .docker_pool import WarmPool, sweep_slots
+from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
+                          seccomp_option, working_dir_in_container)
+from .logs import BoundedBuffer
+from .select import unmet_requirements
+from .workspace import collect_outputs
+
+log = logging.getLogger(__name__)
+_TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class DockerExecutor:
+    """Container isolation through a Docker-API daemon; gVisor (``runtime = "runsc"``) counts as VM level."""
+
+    name = "docker"
+    default_socket = "unix:///var/run/docker.sock"
+    cgroup_top = "expbuild-docker"
+
+    def __init__(self, config: DockerConfig | None = None) -> None:
+        self.config = config or DockerConfig()
+        self.worker_id = self.config.worker_id or socket.gethostname()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._client: docker.DockerClient | None = None
+        self._waits = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"{self.name}-wait")
+        self._runtimes_checked = False
+        self.pool = WarmPool(self) if self.config.pool_size > 0 else None
+
+    # -- contract ---------------------------------------------------------------------------------------------
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return capabilities_for(self.config)
+
+    def isolation_level(self) -> IsolationLevel:
+        return self.capabilities().isolation_level
+
+    async def health_check(self) -> None:
+        await asyncio.to_thread(self._check, self.config.image)
+
+    async def warmup(self) -> None:
+        await asyncio.to_thread(self._ensure_image, self.config.image)
+        await asyncio.to_thread(self.sweep)
+        if self.pool is not None:
+            await self.pool.fill()
+
+    async def close(self) -> None:
+        """Remove the warm pool and release the connection; running tasks clean up after themselves."""
+        if self.pool is not None:
+            await self.pool.drain()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._waits.shutdown(wait=False)
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        missing = unmet_requirements(self.capabilities(), request)
+        if missing:
+            raise IsolationUnavailable(f"{self.name}: " + "; ".join(missing))
+        limits = request.limits.merged_over(self.config.default_limits.to_limits())
+        await asyncio.to_thread(self.prepare_workspace, request)
+        if self.pool is not None:
+            warm = await self.pool.take(request, limits)
+            result = await warm.run(request) if warm is not None else None
+            if result is not None:
+                return result
+        name = self.container_name()
+        cgroup = ContainerCgroup(self.cgroup_top, name)
+        placement = Placement(name, self.labels(request.task_id), cgroup.cgroup_parent, str(request.workspace))
+        created: asyncio.Future | None = None
+        try:
+            created = asyncio.ensure_future(asyncio.to_thread(self._create, request, limits, placement))
+            container = await asyncio.shield(created)
+            return await self.run_container(container, request, cgroup, start=container.start)
+        finally:
+            await asyncio.shield(asyncio.ensure_future(self._cleanup(created, name, cgroup)))
+
+    # -- the steps ----------------------------------------------------------------------------------------------
+
+    def container_name(self) -> str:
+        return f"xb-{uuid.uuid4().hex[:20]}"
+
+    def labels(self, task_id: str) -> dict[str, str]:
+        return {LABEL_TASK: task_id, LABEL_WORKER: self.worker_id, LABEL_OWNER: self.owner}
+
+    def seccomp(self, profile: str) -> str:
+        return seccomp_option(profile)
+
+    def create_arguments(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement,
+                         **extra) -> dict:  # type: ignore[no-untyped-def]
+        return create_kwargs(request, limits, self.config, placement, seccomp=self.seccomp(request.seccomp_profile),
+                             engine=self.name, **extra)
+
+    def _create(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement):  # type: ignore[no-untyped-def]
+        kwargs = self.create_arguments(request, limits, placement)
+        try:
+            return self.client().containers.create(**kwargs)
+        except docker.errors.ImageNotFound:
+            raise ExecutorUnavailable(self._missing_image_message(kwargs["image"])) from None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404 and "image" in str(exc.explanation).lower():
+                raise ExecutorUnavailable(self._missing_image_message(kwargs["image"])) from None
+            raise ExecutorUnavailable(f"{self.name}: cannot create a container: {exc.explanation}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise ExecutorUnavailable(f"{self.name}: the daemon at {self.base_url} failed: {exc}") from None
+
+    async def run_container(self, container, request: ExecutionRequest, cgroup: ContainerCgroup,  # type: ignore[no-untyped-def]
+                            *, start) -> ExecutionResult:  # type: ignore[no-untyped-def]
+        """Start (via ``start``), wait with the deadline, and read everything back; the caller removes."""
+        began = time.monotonic()
+        try:
+            await asyncio.to_thread(start)
+        except docker.errors.APIError as exc:
+            return self._start_failed(request, str(exc.explanation or exc))
+        loop = asyncio.get_running_loop()
+        waiting = loop.run_in_executor(self._waits, functools.partial(
+            container.wait, timeout=request.timeout_seconds + 120))
+        timed_out = False
+        try:
+            status = await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds)
+        except TimeoutError:
+            timed_out = True
+            with contextlib.suppress(docker.errors.APIError):
+                await asyncio.to_thread(container.kill)
+            status = await waiting
+        duration = time.monotonic() - began
+        return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration)
+
+    def _finish(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
+                timed_out: bool, duration: float) -> ExecutionResult:
+        stdout = self._read_log(container, request.log_limit_bytes, stdout=True)
+        stderr = self._read_log(container, request.log_limit_bytes, stdout=False)
+        container.reload()
+        state = container.attrs.get("State", {})
+        exit_code = int(state.get("ExitCode", status.get("StatusCode", -1)))
+        usage = cgroup.stats()
+        oom = bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
+        if timed_out:
+            exit_code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
+        elif oom and exit_code != 0:
+            exit_code, reason = 137, TerminationReason.OOM_KILLED
+        elif exit_code == 0:
+            reason = TerminationReason.COMPLETED
+        elif usage is not None and usage.pids_limit_hit:
+            reason = TerminationReason.PIDS_LIMIT
+        else:
+            reason = TerminationReason.NON_ZERO_EXIT
+        files, problems = collect_outputs(request.workspace, request.output_paths)
+        stats = ExecutionStats(duration_seconds=duration,
+                               cpu_time_seconds=usage.cpu_time_seconds if usage else None,
+                               peak_memory_bytes=usage.peak_memory_bytes if usage else None,
+                               disk_read_bytes=usage.disk_read_bytes if usage else None,
+                               disk_write_bytes=usage.disk_write_bytes if usage else None)
+        message = {TerminationReason.DEADLINE_EXCEEDED: f"killed after the {request.timeout_seconds:g}s timeout",
+                   TerminationReason.OOM_KILLED: "killed by the kernel at the memory limit"}.get(reason, "")
+        return ExecutionResult(exit_code=exit_code, reason=reason, executor=self.name,
+                               isolation_level=self.isolation_level(), stdout=stdout.data(), stderr=stderr.data(),
+                               stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
+                               output_files=tuple(files), output_problems=tuple(problems), stats=stats,
+                               message=message)
+
+    @staticmethod
+    def _read_log(container, limit: int, *, stdout: bool) -> BoundedBuffer:  # type: ignore[no-untyped-def]
+        buffer = BoundedBuffer(limit)
+        with contextlib.suppress(docker.errors.APIError):
+            for chunk in container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=False):
+                buffer.feed(chunk)
+        return buffer
+
+    def _start_failed(self, request: ExecutionRequest, why: str) -> ExecutionResult:
+        return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
+                               isolation_level=self.isolation_level(), stderr=why.encode()[:request.log_limit_bytes],
+                               message=f"{request.argv[0] if request.argv else '(empty argv)'}: could not be "
+                                       f"started: {why}")
+
+    async def _cleanup(self, created: asyncio.Future | None, name: str, cgroup: ContainerCgroup) -> None:
+        if created is not None:
+            with contextlib.suppress(BaseException):
+                await created  # a create still in flight finishes first, so that nothing appears after removal
+        await asyncio.to_thread(self.remove, name, cgroup)
+
+    def remove(self, name: str, cgroup: ContainerCgroup | None) -> None:
+        """Remove the container (killing it if needed) and its parent cgroup; absent things are fine."""
+        with contextlib.suppress(docker.errors.NotFound):
+            try:
+                self.client().api.remove_container(name, force=True, v=True)
+            except docker.errors.APIError as exc:
+                if "removal" not in str(exc).lower() or "in progress" not in str(exc).lower():
+                    log.warning("%s: cannot remove container %s: %s", self.name, name, exc)
+        if cgroup is not None:
+            try:
+                cgroup.remove()
+            except Exception as exc:  # noqa: BLE001 - leftovers are swept later; never mask the task's result
+                log.warning("%s: cannot remove cgroup %s: %s", self.name, cgroup.relative, exc)
+
+    def prepare_workspace(self, request: ExecutionRequest) -> None:
+        """Make the workspace (and the working dir) writable by the task's user, before the bind mount."""
+        workdir = request.workspace / working_dir_in_container(request).removeprefix("/workspace").lstrip("/")
+        workdir.mkdir(parents=True, exist_ok=True)
+        uid = self.host_uid(request.run_as_user)
+        if uid is None:
+            return
+        os.lchown(request.workspace, uid, uid)
+        for root, dirs, files in os.walk(request.workspace):
+            for entry in (*dirs, *files):
+                os.lchown(os.path.join(root, entry), uid, uid)
+
+    def host_uid(self, uid: int | None) -> int | None:
+        """The host uid that the task's uid writes as (differs under a user namespace)."""
+        return uid
+
+    # -- the daemon ---------------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        from_env = os.environ.get("DOCKER_HOST") if self.name == "docker" else None
+        path = self.config.socket_path or from_env or self.default_socket
+        return f"unix://{path}" if path.startswith("/") else path
+
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._check_socket()
+            try:
+                self._client = docker.DockerClient(base_url=self.base_url, timeout=60, max_pool_size=64)
+            except _TRANSPORT_ERRORS as exc:
+                raise ExecutorUnavailable(f"{self.name}: the daemon at {self.base_url} does not answer "
+                                          f"({_short(exc)}); is it running?") from None
+        return self._client
+
+    def _check_socket(self) -> None:
+        if not self.base_url.startswith("unix://"):
+            return
+        path = self.base_url.removeprefix("unix://")
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ExecutorUnavailable(f"{self.name}: no socket at {path}: the daemon is not running, or "
+                                      f"executor.{self.name}.socket_path names the wrong file") from None
+        except PermissionError:
+            raise ExecutorUnavailable(f"{self.name}: no permission to reach {path}") from None
+        if not stat.S_ISSOCK(mode):
+            raise ExecutorUnavailable(f"{self.name}: {path} is not a socket; "
+                                      f"executor.{self.name}.socket_path names the wrong file")
+
+    def _check(self, image: str) -> None:
+        self._check_socket()
+        try:
+            client = self.client()
+            client.ping()
+        except ExecutorUnavailable:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            self._client = None
+            raise ExecutorUnavailable(f"{self.name}: the daemon at {self.base_url} does not answer "
+                                      f"({_short(exc)}); is it running?") from None
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise ExecutorUnavailable(self._missing_image_message(image)) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise ExecutorUnavailable(f"{self.name}: cannot inspect image {image!r}: {_short(exc)}") from None
+        if self.config.runtime and not self._runtimes_checked:
+            runtimes = client.info().get("Runtimes") or {}
+            if self.config.runtime not in runtimes:
+                raise ExecutorUnavailable(f"{self.name}: runtime {self.config.runtime!r} is not registered with "
+                                          f"the daemon (known: {', '.join(sorted(runtimes)) or 'none'})")
+            self._runtimes_checked = True
+
+    def _missing_image_message(self, image: str) -> str:
+        return (f"{self.name}: image {image!r} is not present at {self.base_url}; build it locally "
+                f"(bash .ci/setup-containers.sh) or set executor.{self.name}.always_pull with a reachable registry")
+
+    def _ensure_image(self, image: str) -> None:
+        """Pull only when asked to (always_pull) or when the image is missing; a local image needs no registry."""
+        self._check_socket()
+        client = self.client()
+        present = True
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            present = False
+        if present and not self.config.always_pull:
+            return
+        try:
+            client.images.pull(image)
+        except _TRANSPORT_ERRORS as exc:
+            if not present:
+                raise ExecutorUnavailable(self._missing_image_message(image) + f" (pull failed: {_short(exc)})") from None
+            log.warning("%s: always_pull: cannot pull %s, using the local copy: %s", self.name, image, _short(exc))
+
+    def sweep(self) -> list[str]:
+        """Remove containers (and parent cgroups) of this worker whose owning process is gone."""
+        client = self.client()
+        removed = []
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={self.worker_id}"}):
+            owner = container.labels.get(LABEL_OWNER, "")
+            if owner == self.owner or _owner_alive(owner):
+                continue  # a live executor's running task or warm container
+            self.remove(container.name, ContainerCgroup(self.cgroup_top, container.name))
+            removed.append(container.name)
+        alive = {c.name for c in client.containers.list(all=True, filters={"label": LABEL_WORKER})}
+        sweep_orphans(self.cgroup_top, alive)
+        sweep_slots(self.name)
+        return removed
+
+
+def _owner_alive(owner: str) -> bool:
+    """``host:pid`` names a live process on this host (another host's owner counts as alive: not ours to judge)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return bool(host)
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "No such file or directory", "Permission denied", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return text[:200]
+
+
+__all__ = ["DockerExecutor"]

@@ -1,0 +1,295 @@
+"""Warm containers (seed 7.2): start latency without starting a container.
+
+A warm container is created *and started* ahead of time with every setting of
+its limits class (image, limits, network, seccomp, user) and waits in
+``read x < /.expbuild/go``. Its /workspace is an empty per-slot host directory,
+bind-mounted with ``rslave`` propagation from a shared mount point. When a task
+arrives the executor, on the host, bind-mounts the task's workspace over that
+slot directory (the mount propagates into the waiting container), writes the
+task's argv and env as a shell script into the slot's read-only control
+directory, and writes one line into the FIFO: the container's shell changes to
+the working directory and ``exec``s the task. From there on it is an ordinary
+container run: wait with the deadline, logs, state, stats, outputs, removal.
+
+A used container is never reused: it is removed after its one task and the pool
+tops itself up in the background. Needs root on the host (mount(2)); with
+rootless engines the pool stays empty and every task starts cold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import re
+import shlex
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import docker.errors
+
+from .base import ExecutionRequest, ExecutionResult, ResourceLimits, TerminationReason
+from .container_cgroup import ContainerCgroup
+from .docker_spec import LABEL_POOL, Placement, limits_class, working_dir_in_container
+
+if TYPE_CHECKING:
+    from .docker import DockerExecutor
+
+log = logging.getLogger(__name__)
+POOL_ROOT = Path("/run/expbuild")
+CONTROL = "/.expbuild"
+WAIT_COMMAND = ["/bin/sh", "-c", f"read x < {CONTROL}/go && . {CONTROL}/run.sh"]
+MAX_CLASSES = 4
+_MS_BIND, _MS_REC, _MS_SHARED, _MNT_DETACH = 4096, 16384, 1 << 20, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str, target: str, flags: int) -> None:
+    if _libc.mount(source.encode(), target.encode(), None, flags, None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
+
+
+def _umount(target: str) -> None:
+    if _libc.umount2(target.encode(), _MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        code = ctypes.get_errno()
+        raise OSError(code, f"umount {target}: {os.strerror(code)}")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4] for line in handle]
+    return sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)
+
+
+def launch_script(request: ExecutionRequest) -> str:
+    """The shell the waiting container sources: cd, then exec the task with its environment."""
+    env = [shlex.quote(f"{key}={value}") for key, value in request.env.items()]
+    argv = [shlex.quote(arg) for arg in request.argv]
+    return (f"cd {shlex.quote(working_dir_in_container(request))} || exit 127\n"
+            f"exec env -- {' '.join(env)} {' '.join(argv)}\n")
+
+
+@dataclass
+class Slot:
+    name: str
+    directory: Path
+    cgroup: ContainerCgroup
+    container: object = None
+
+    @property
+    def workspace(self) -> Path:
+        return self.directory / "ws"
+
+    @property
+    def fifo(self) -> Path:
+        return self.directory / "ctl" / "go"
+
+
+class WarmPool:
+    def __init__(self, executor: DockerExecutor) -> None:
+        self.executor = executor
+        self.size = executor.config.pool_size
+        self.root = POOL_ROOT / f"{executor.name}-pool-{os.getpid()}"
+        self.enabled = os.geteuid() == 0
+        self._ready: dict[tuple, list[Slot]] = {}
+        self._templates: OrderedDict[tuple, tuple[ExecutionRequest, ResourceLimits]] = OrderedDict()
+        self._fillers: dict[tuple, asyncio.Task] = {}
+        self.closed = False
+        self.created = 0  # containers ever made for the pool (tests check that none is used twice)
+
+    def owns(self, name: str) -> bool:
+        return any(slot.name == name for slots in self._ready.values() for slot in slots)
+
+    def ready_count(self) -> int:
+        return sum(len(slots) for slots in self._ready.values())
+
+    async def fill(self, request: ExecutionRequest | None = None) -> None:
+        """Top up the worker's default class (or ``request``'s class) and wait until it is full."""
+        if not self.enabled:
+            return
+        if request is None:
+            request = ExecutionRequest(task_id="warm", argv=("true",), workspace=Path("/"))
+        limits = request.limits.merged_over(self.executor.config.default_limits.to_limits())
+        key = self._remember(request, limits)
+        self._refill(key)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._fillers[key])
+
+    async def take(self, request: ExecutionRequest, limits: ResourceLimits) -> WarmRun | None:
+        """A started, waiting container of the request's class, or None (the caller starts one cold)."""
+        if not self.enabled or self.closed:
+            return None
+        key = self._remember(request, limits)
+        slots = self._ready.get(key) or []
+        slot = slots.pop(0) if slots else None
+        self._refill(key)
+        return WarmRun(self, slot) if slot is not None else None
+
+    async def drain(self) -> None:
+        self.closed = True
+        for task in self._fillers.values():
+            task.cancel()
+        await asyncio.gather(*self._fillers.values(), return_exceptions=True)
+        self._fillers.clear()
+        slots = [slot for slots in self._ready.values() for slot in slots]
+        self._ready.clear()
+        await asyncio.gather(*(asyncio.to_thread(self.release, slot) for slot in slots))
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _remember(self, request: ExecutionRequest, limits: ResourceLimits) -> tuple:
+        key = limits_class(request, limits, self.executor.config)
+        if key not in self._templates:
+            template = replace(request, task_id="warm", argv=("true",), env={}, working_dir="", workspace=Path("/"))
+            self._templates[key] = (template, limits)
+            while len(self._templates) > MAX_CLASSES:
+                old, _ = self._templates.popitem(last=False)
+                for slot in self._ready.pop(old, []):
+                    asyncio.get_running_loop().run_in_executor(None, self.release, slot)
+        self._templates.move_to_end(key)
+        return key
+
+    def _refill(self, key: tuple) -> None:
+        running = self._fillers.get(key)
+        if running is None or running.done():
+            self._fillers[key] = asyncio.ensure_future(self._fill_class(key))
+
+    async def _fill_class(self, key: tuple) -> None:
+        while not self.closed and key in self._templates and len(self._ready.get(key, [])) < self.size:
+            template, limits = self._templates[key]
+            making = asyncio.ensure_future(asyncio.to_thread(self._make_slot, template, limits))
+            try:
+                slot = await asyncio.shield(making)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):  # drained meanwhile: the container being made goes too
+                    await asyncio.to_thread(self.release, await making)
+                raise
+            except Exception as exc:  # noqa: BLE001 - a pool that cannot fill just means cold starts
+                log.warning("%s: warm pool cannot add a container: %s", self.executor.name, exc)
+                return
+            if key in self._templates and not self.closed:
+                self._ready.setdefault(key, []).append(slot)
+            else:
+                await asyncio.to_thread(self.release, slot)
+
+    def _make_slot(self, template: ExecutionRequest, limits: ResourceLimits) -> Slot:
+        from docker.types import Mount
+
+        name = self.executor.container_name()
+        slot = Slot(name, self.root / name, ContainerCgroup(self.executor.cgroup_top, name))
+        (slot.directory / "ctl").mkdir(parents=True, mode=0o755)
+        slot.workspace.mkdir(mode=0o755)
+        os.mkfifo(slot.fifo, 0o644)
+        try:
+            _mount(str(slot.workspace), str(slot.workspace), _MS_BIND)
+            _mount("none", str(slot.workspace), _MS_SHARED)
+            labels = {**self.executor.labels("warm"), LABEL_POOL: "1"}
+            placement = Placement(name, labels, slot.cgroup.cgroup_parent, str(slot.workspace))
+            kwargs = self.executor.create_arguments(
+                template, limits, placement, command=WAIT_COMMAND, workspace_propagation="rslave",
+                extra_mounts=(Mount(target=CONTROL, source=str(slot.directory / "ctl"), type="bind",
+                                    read_only=True),))
+            slot.container = self.executor.client().containers.create(**kwargs)
+            self.created += 1
+            slot.container.start()
+        except BaseException:
+            self.release(slot)
+            raise
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """Remove the container, its cgroup and the slot directory; never deletes through a mount."""
+        self.executor.remove(slot.name, slot.cgroup)
+        for point in _mounts_under(slot.directory):
+            with contextlib.suppress(OSError):
+                _umount(point)
+        for _ in range(3):
+            with contextlib.suppress(OSError):
+                _umount(str(slot.workspace))
+        if _mounts_under(slot.directory):
+            log.warning("%s: %s is still mounted; left in place", self.executor.name, slot.directory)
+            return
+        for path in (slot.fifo, slot.directory / "ctl" / "run.sh"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for directory in (slot.directory / "ctl", slot.workspace, slot.directory):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+class WarmRun:
+    """One task in one warm container."""
+
+    def __init__(self, pool: WarmPool, slot: Slot) -> None:
+        self.pool, self.slot = pool, slot
+        self._fifo_fd: int | None = None
+
+    async def run(self, request: ExecutionRequest) -> ExecutionResult | None:
+        executor = self.pool.executor
+        try:
+            await asyncio.to_thread(self._arm, request)
+        except (OSError, docker.errors.APIError) as exc:
+            log.warning("%s: warm container %s unusable, starting cold: %s", executor.name, self.slot.name, exc)
+            if self._fifo_fd is not None:
+                os.close(self._fifo_fd)
+            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(self.pool.release, self.slot)))
+            return None
+        try:
+            result = await executor.run_container(self.slot.container, request, self.slot.cgroup,
+                                                  start=self._trigger)
+        finally:
+            if self._fifo_fd is not None:
+                os.close(self._fifo_fd)
+            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(self.pool.release, self.slot)))
+        if result.exit_code == 127 and re.search(rb"env: can't execute", result.stderr):
+            result = replace(result, reason=TerminationReason.START_FAILED,
+                             message=f"{request.argv[0]}: could not be started")
+        return result
+
+    def _arm(self, request: ExecutionRequest) -> None:
+        """Open the FIFO (proves the container is waiting), mount the task's workspace, write the script."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self._fifo_fd = os.open(self.slot.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    raise docker.errors.APIError(f"warm container {self.slot.name} is not waiting") from None
+                time.sleep(0.002)
+        (self.slot.directory / "ctl" / "run.sh").write_text(launch_script(request))
+        _mount(str(request.workspace), str(self.slot.workspace), _MS_BIND | _MS_REC)
+
+    def _trigger(self) -> None:
+        assert self._fifo_fd is not None
+        os.write(self._fifo_fd, b"go\n")
+        os.close(self._fifo_fd)
+        self._fifo_fd = None
+
+
+def sweep_slots(engine: str) -> None:
+    """Unmount and delete the pool directories of dead processes (after a crash)."""
+    with contextlib.suppress(OSError):
+        for directory in POOL_ROOT.glob(f"{engine}-pool-*"):
+            pid = directory.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and (pid == str(os.getpid()) or Path(f"/proc/{pid}").exists()):
+                continue
+            for point in _mounts_under(directory):
+                with contextlib.suppress(OSError):
+                    _umount(point)
+            if not _mounts_under(directory):
+                for path in sorted(directory.glob("**/*"), key=lambda p: len(p.parts), reverse=True):
+                    with contextlib.suppress(OSError):
+                        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
