@@ -1,0 +1,190 @@
+"""Hostile tasks, one set for every backend: each attack must fail and leave the host unchanged.
+
+Commands use only /bin/sh and ``/bin/busybox <applet>`` so they run in a
+busybox-only image too. Which backend is expected to lose which attack is
+declared in ``conftest.EXPECTED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from expbuild_isolation.api.task import NetworkMode
+from expbuild_isolation.executors.base import TerminationReason
+
+from .conftest import hostile, host_address, host_is_responsive, processes_with
+
+BB = "/bin/busybox"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def secret(tmp_path):
+    """A secret in /root and one in a host temp dir, both outside the workspace."""
+    token = f"s3cret-{uuid.uuid4().hex}"
+    paths = [Path("/root") / f".expbuild-secret-{uuid.uuid4().hex[:8]}", tmp_path / "secret.txt"]
+    for path in paths:
+        path.write_text(token)
+        path.chmod(0o644)
+    yield token, paths
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+async def test_a_secret_outside_the_workspace_cannot_be_read(backend, workspace, secret):
+    token, paths = secret
+    script = "; ".join(f"{BB} cat {p}" for p in paths) + f"; {BB} cat /proc/1/root{paths[0]}; true"
+    result = await backend.execute(hostile(workspace, script))
+    assert token.encode() not in result.stdout + result.stderr
+    assert all(p.read_text() == token for p in paths)
+
+
+async def test_nothing_is_written_outside_the_workspace(backend, workspace, tmp_path):
+    tmp_path.chmod(0o777)
+    targets = [Path("/root") / f".expbuild-escape-{uuid.uuid4().hex[:8]}", tmp_path / "escape",
+               Path("/etc") / f"expbuild-escape-{uuid.uuid4().hex[:8]}", Path("/usr/bin/expbuild-escape")]
+    script = "; ".join(f"echo pwned > {t}" for t in targets) + "; echo ok > inside; true"
+    try:
+        result = await backend.execute(hostile(workspace, script, outputs=("inside",)))
+        assert [t for t in targets if t.exists()] == []
+        assert [f.path for f in result.output_files] == ["inside"]
+    finally:
+        for target in targets:
+            target.unlink(missing_ok=True)
+
+
+async def test_a_server_on_the_hosts_loopback_is_unreachable(backend, workspace, tcp_server):
+    script = f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo rc=$?"
+    result = await backend.execute(hostile(workspace, script, network=NetworkMode.LOCALHOST))
+    await asyncio.sleep(0.2)
+    assert tcp_server.connections == 0, result.stdout
+
+
+async def test_network_none_reaches_nothing(backend, workspace, tcp_server):
+    address = host_address()
+    script = (f"echo hi | {BB} nc -w 2 {address} {tcp_server.port}; echo a=$?; "
+              f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo b=$?")
+    result = await backend.execute(hostile(workspace, script, network=NetworkMode.NONE))
+    await asyncio.sleep(0.2)
+    assert tcp_server.connections == 0, result.stdout
+
+
+async def test_a_fork_bomb_is_contained(backend, workspace, marker):
+    script = f"f(){{ f|f& }}; f; while :; do {BB} sleep 1; done"
+    task = asyncio.ensure_future(backend.execute(hostile(workspace, script, marker=marker, pids=64, timeout=5)))
+    await asyncio.sleep(2)
+    assert await host_is_responsive()
+    result = await task
+    assert result.reason in {TerminationReason.DEADLINE_EXCEEDED, TerminationReason.PIDS_LIMIT}, result
+    assert result.message
+    assert processes_with(marker) == []
+
+
+async def test_allocating_past_the_memory_limit_is_oom_killed(backend, workspace):
+    script = f"x=$({BB} head -c 200000000 /dev/zero | {BB} tr '\\0' a); echo allocated ${{#x}}"
+    result = await backend.execute(hostile(workspace, script, memory=64 * MiB, timeout=30))
+    assert b"allocated" not in result.stdout
+    assert result.reason == TerminationReason.OOM_KILLED, result
+    assert result.exit_code == 137
+
+
+async def test_filling_the_disk_stops_at_the_limit(backend, workspace):
+    script = (f"{BB} dd if=/dev/zero of=big bs=1048576 count=64 2>&1; echo size=$({BB} wc -c < big); "
+              f"{BB} dd if=/dev/zero of=/tmp/big bs=1048576 count=64 2>/dev/null; echo tmp=$({BB} wc -c < /tmp/big)")
+    result = await backend.execute(hostile(workspace, script, disk=16 * MiB, outputs=("big",)))
+    sizes = {k: int(v) for k, v in re.findall(rb"(size|tmp)=(\d+)", result.stdout)}
+    assert sizes.get(b"size") is not None and sizes[b"size"] <= 16 * MiB, result.stdout
+    assert sizes.get(b"tmp", 0) <= 16 * MiB
+    assert b"No space left" in result.stdout
+
+
+async def test_a_daemonized_grandchild_does_not_outlive_the_timeout(backend, workspace, marker):
+    script = (f"{BB} setsid /bin/sh -c 'while :; do {BB} sleep 1; done' {marker}-daemon & "
+              f"{BB} sleep 100")
+    result = await backend.execute(hostile(workspace, script, marker=marker, timeout=2))
+    assert result.reason == TerminationReason.DEADLINE_EXCEEDED
+    assert result.exit_code == 124
+    assert processes_with(marker) == []
+
+
+async def test_strict_seccomp_refuses_namespaces_mounts_ptrace_keyctl(backend, workspace):
+    python_probe = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+                    "r = [libc.syscall(n, 0, 0, 0, 0) == -1 and ctypes.get_errno() for n in (250, 101)]; "
+                    "print('probe', r)")
+    script = (f"{BB} unshare -r -n {BB} true && echo unshared; "
+              f"{BB} unshare -r -m {BB} mount -t tmpfs none /tmp && echo mounted; "
+              f"if [ -x /usr/bin/python3 ] && [ \"$({BB} uname -m)\" = x86_64 ]; then "
+              f"/usr/bin/python3 -c \"{python_probe}\"; fi; true")
+    result = await backend.execute(hostile(workspace, script, seccomp="expbuild-strict"))
+    assert b"unshared" not in result.stdout and b"mounted" not in result.stdout, result.stdout
+    assert b"Operation not permitted" in result.stderr or b"not permitted" in result.stderr.lower()
+    if b"probe" in result.stdout:
+        assert b"probe [1, 1]" in result.stdout   # keyctl and ptrace: EPERM
+
+
+@pytest.fixture
+def setuid_probe(workspace):
+    """A root-owned setuid program in the workspace that prints its effective uid."""
+    source = workspace / "probe.c"
+    source.write_text('#include <stdio.h>\n#include <unistd.h>\n'
+                      'int main(void){printf("euid=%d\\n",(int)geteuid());return 0;}\n')
+    target = workspace / "suid-probe"
+    if shutil.which("cc") and subprocess.run(["cc", "-static", "-O", "-o", str(target), str(source)]).returncode == 0:
+        pass
+    else:
+        shutil.copy("/bin/busybox", target)
+    source.unlink()
+    os.chown(target, 0, 0)
+    target.chmod(0o4755)
+    assert target.stat().st_mode & stat.S_ISUID
+    return target
+
+
+async def test_setuid_binaries_do_not_raise_privileges(backend, workspace, setuid_probe):
+    script = f"{BB} grep NoNewPrivs /proc/self/status; ./{setuid_probe.name} id -u; {BB} id -u"
+    result = await backend.execute(hostile(workspace, script))
+    assert re.search(rb"NoNewPrivs:\s*1", result.stdout), result.stdout
+    assert b"euid=0" not in result.stdout
+    assert not re.search(rb"^0$", result.stdout, re.M)
+
+
+async def test_host_processes_are_invisible(backend, workspace, marker):
+    host_proc = subprocess.Popen(["/bin/sh", "-c", f"{BB} sleep 300", marker])
+    try:
+        script = (f"for f in /proc/[0-9]*/cmdline; do {BB} cat $f; echo; done; "
+                  f"{BB} kill -9 {host_proc.pid} 2>/dev/null; true")
+        result = await backend.execute(hostile(workspace, script, marker="looker"))
+        assert marker.encode() not in result.stdout
+        assert host_proc.poll() is None, "the task killed a host process"
+    finally:
+        host_proc.kill()
+        host_proc.wait()
+
+
+async def test_the_hosts_hostname_is_unchanged(backend, workspace):
+    before = socket.gethostname()
+    result = await backend.execute(hostile(workspace, f"{BB} hostname evil-{uuid.uuid4().hex[:6]}; {BB} hostname",
+                                           run_as_user=None))
+    try:
+        assert socket.gethostname() == before, result.stdout
+    finally:
+        if socket.gethostname() != before:
+            socket.sethostname(before)
+
+
+async def test_an_output_symlink_to_etc_shadow_is_refused(backend, workspace):
+    script = f"{BB} ln -s /etc/shadow out.txt; {BB} ln -s /etc d; true"
+    result = await backend.execute(hostile(workspace, script, outputs=("out.txt", "d/shadow")))
+    assert result.output_files == ()
+    assert len(result.output_problems) == 2
+    assert all("symlink" in problem for problem in result.output_problems), result.output_problems
