@@ -1,0 +1,204 @@
+"""The namespace executor against the real kernel: cgroups, mounts, exit codes, stats, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from expbuild_isolation.api.task import NetworkMode
+from expbuild_isolation.executors import cgroups
+from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits, TerminationReason
+from expbuild_isolation.executors.config import NamespaceConfig
+from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the namespace executor needs root (namespaces, cgroups)")]
+
+PARENT = "expbuild-test"
+
+
+@pytest.fixture
+def executor():
+    return NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT))
+
+
+@pytest.fixture
+def workspace():
+    path = create_workspace()
+    yield path
+    remove_workspace(path)
+
+
+def request(workspace: Path, script: str, **kw) -> ExecutionRequest:
+    return ExecutionRequest(task_id=kw.pop("task_id", f"t-{uuid.uuid4().hex[:6]}"), argv=("/bin/sh", "-c", script),
+                            workspace=workspace, timeout_seconds=kw.pop("timeout", 20), **kw)
+
+
+def our_cgroups() -> list[Path]:
+    found = []
+    for base in [cgroups.CGROUP_ROOT / c for c in cgroups.V1_CONTROLLERS] + [cgroups.v2_root() or Path("/nonexistent")]:
+        if (base / PARENT).is_dir():
+            found += [p for p in (base / PARENT).iterdir() if p.is_dir()]
+    return found
+
+
+def our_mounts() -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "expbuild-isolation" in line]
+
+
+@pytest.mark.parametrize("script, code, reason", [
+    ("exit 0", 0, TerminationReason.COMPLETED),
+    ("exit 3", 3, TerminationReason.NON_ZERO_EXIT),
+    ("/bin/sh -c '/bin/busybox kill -9 $$'", 137, TerminationReason.NON_ZERO_EXIT),  # pid 1 cannot kill itself
+    ("sleep 30", 124, TerminationReason.DEADLINE_EXCEEDED),
+])
+async def test_exit_codes_map_to_reasons(executor, workspace, script, code, reason):
+    result = await executor.execute(request(workspace, script, timeout=1))
+    assert (result.exit_code, result.reason) == (code, reason), result
+
+
+async def test_a_missing_program_is_start_failed_with_the_reason(executor, workspace):
+    result = await executor.execute(ExecutionRequest(task_id="nope", argv=("no-such-tool",), workspace=workspace))
+    assert (result.exit_code, result.reason) == (127, TerminationReason.START_FAILED)
+    assert "No such file" in result.message
+
+
+async def test_the_task_sees_its_sandbox(executor, workspace):
+    (workspace / "in.txt").write_text("input")
+    script = ("id -u; hostname; cat in.txt; echo; grep -c . /proc/self/mountinfo >/dev/null; "
+              "touch /usr/x 2>/dev/null || echo ro-usr; touch /tmp/x && echo tmp-ok; ls /root 2>/dev/null || echo no-root; "
+              "grep CapEff /proc/self/status; echo out > out.txt")
+    result = await executor.execute(request(workspace, script, output_paths=("out.txt",)))
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == ["65534", "expbuild", "input"]
+    assert {"ro-usr", "tmp-ok", "no-root", "CapEff:\t0000000000000000"} <= set(lines)
+    assert [f.path for f in result.output_files] == ["out.txt"]
+    assert (workspace / "out.txt").read_text() == "out\n"
+
+
+async def test_stats_come_from_the_cgroup(executor, workspace):
+    result = await executor.execute(request(workspace, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"))
+    assert result.stats.cpu_time_seconds and result.stats.cpu_time_seconds > 0.05
+    assert result.stats.peak_memory_bytes and result.stats.peak_memory_bytes > 0
+    assert result.stats.duration_seconds > 0
+
+
+async def test_logs_are_bounded_and_flagged(executor, workspace):
+    result = await executor.execute(request(workspace, "/bin/busybox head -c 100000 /dev/zero; echo err >&2",
+                                            log_limit_bytes=1000))
+    assert len(result.stdout) == 1000 and result.stdout_truncated
+    assert result.stderr == b"err\n" and not result.stderr_truncated
+
+
+async def test_nothing_is_left_behind(executor, workspace):
+    marker = f"leftover-{uuid.uuid4().hex[:8]}"
+    script = f"/bin/busybox setsid /bin/sh -c 'sleep 60' {marker} & sleep 60"
+    await executor.execute(request(workspace, script, timeout=1, limits=ResourceLimits(disk_bytes=8 << 20)))
+    assert our_cgroups() == []
+    assert our_mounts() == []
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
+
+
+def _cmdline_has(proc: Path, marker: str) -> bool:
+    try:
+        return marker.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+async def test_concurrent_tasks_each_get_their_own_sandbox(executor):
+    spaces = [create_workspace() for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(executor.execute(request(ws, f"echo {i} > n; cat n; sleep 0.3",
+                                                                  output_paths=("n",)))
+                                         for i, ws in enumerate(spaces)))
+        assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(4)]
+    finally:
+        for ws in spaces:
+            remove_workspace(ws)
+    assert our_cgroups() == []
+
+
+async def test_localhost_brings_up_lo_and_none_leaves_it_down(executor, workspace):
+    script = "cat /sys/class/net/lo/operstate 2>/dev/null; /bin/busybox ip link show lo | /bin/busybox head -1"
+    none = await executor.execute(request(workspace, script))
+    local = await executor.execute(request(workspace, script, limits=ResourceLimits(
+        network=__import__("expbuild_isolation.executors.base", fromlist=["NetworkPolicy"]).NetworkPolicy(
+            NetworkMode.LOCALHOST))))
+    assert b"UP" not in none.stdout.split(b"<", 1)[-1].split(b">")[0]
+    assert b"UP" in local.stdout
+
+
+async def test_a_directory_rootfs(workspace, tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    os.symlink("busybox", root / "bin" / "sh")
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, rootfs=str(root)))
+    result = await executor.execute(ExecutionRequest(task_id="dir", argv=("/bin/sh", "-c", "/bin/busybox ls /"),
+                                                     workspace=workspace, env={"PATH": "/bin"}))
+    assert result.exit_code == 0, result
+    assert set(result.stdout.split()) >= {b"bin", b"proc", b"workspace", b"tmp", b"dev"}
+    assert b"usr" not in result.stdout.split()
+
+
+def test_restricted_network_is_not_offered(executor):
+    assert NetworkMode.RESTRICTED not in executor.capabilities().network_policies
+
+
+def test_the_startup_sweep_removes_a_dead_workers_cgroups():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    group = cgroups.TaskCgroup.create("crashed", parent=PARENT)
+    stray = subprocess.Popen(["sleep", "60"])
+    for procs in group.procs_files:
+        procs.write_text(str(stray.pid))
+    renamed = {}
+    for key, directory in group.dirs.items():   # cgroupfs allows rename(2): pretend the dead process owned it
+        renamed[key] = directory.with_name(directory.name.rsplit(".", 1)[0] + f".{dead.pid}")
+        os.rename(directory, renamed[key])
+    NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT))
+    assert stray.wait(timeout=5) == -9
+    assert not any(p.exists() for p in renamed.values())
+
+
+def _cgroup_lifecycle(version: int) -> None:
+    group = cgroups.TaskCgroup.create(f"lifecycle-v{version}", parent=PARENT, version=version)
+    try:
+        group.set_limits(memory_bytes=64 << 20, max_processes=16, cpu_cores=0.5)
+        child = subprocess.Popen(["/bin/sh", "-c", "echo $$ > /dev/null; for p in " + " ".join(
+            str(p) for p in group.procs_files) + "; do echo 0 > $p; done; exec sleep 60"])
+        for _ in range(100):
+            if child.pid in group.pids():
+                break
+            __import__("time").sleep(0.01)
+        assert child.pid in group.pids()
+        group.kill()
+        assert child.wait(timeout=5) == -9
+        assert group.is_empty()
+        stats = group.stats()
+        assert stats.cpu_time_seconds is not None and stats.peak_memory_bytes is not None
+        assert not stats.oom_killed
+    finally:
+        group.remove()
+    assert not any(d.exists() for d in group.dirs.values())
+
+
+@pytest.mark.skipif(not all((cgroups.CGROUP_ROOT / c).is_dir() for c in ("memory", "pids")),
+                    reason="cgroup v1 memory and pids controllers are not mounted here")
+def test_cgroup_v1_create_limit_kill_stats_remove():
+    _cgroup_lifecycle(1)
+
+
+@pytest.mark.skipif(not {"memory", "pids", "cpu"} <= cgroups.v2_controllers(),
+                    reason=f"cgroup v2 has no memory/pids/cpu controllers here "
+                           f"(unified hierarchy at {cgroups.v2_root()} offers {sorted(cgroups.v2_controllers())})")
+def test_cgroup_v2_create_limit_kill_stats_remove():
+    _cgroup_lifecycle(2)
