@@ -92,7 +92,7 @@ def _open_beneath(root_fd: int, relative: str) -> int:
     try:
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if last else os.O_DIRECTORY)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
             try:
                 next_fd = os.open(part, flags, dir_fd=fd)
             except OSError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..api.task import IsolationLevel
+from ..api.task import IsolationLevel, NetworkMode
 from ..executors.base import (
     ExecutionRequest, ExecutionResult, ExecutorCapabilities, ExecutorError, ExecutorUnavailable, TaskExecutor,
 )
@@ -37,8 +37,12 @@ class MissingBackend:
         return IsolationLevel.NONE
 
     def capabilities(self) -> ExecutorCapabilities:
-        return ExecutorCapabilities(isolation_level=IsolationLevel.NONE, network_policies=frozenset(),
-                                    seccomp_profiles=frozenset())
+        # Claims everything so that selection reaches health_check() and reports the real reason.
+        return ExecutorCapabilities(
+            isolation_level=IsolationLevel.VM, supports_cpu_limit=True, supports_memory_limit=True,
+            supports_disk_limit=True, supports_pids_limit=True, network_policies=frozenset(NetworkMode),
+            supports_readonly_rootfs=True, seccomp_profiles=frozenset({"RuntimeDefault", "expbuild-default",
+                                                                       "expbuild-strict", "Unconfined", "Localhost/*"}))
 
     async def health_check(self) -> None:
         raise ExecutorUnavailable(self.why)

@@ -1,0 +1,144 @@
+"""The committed CRD is what the models generate, is a valid CRD, and rejects what the models reject."""
+
+import copy
+import re
+from pathlib import Path
+
+import celpy
+import kubernetes_validate
+import pytest
+import yaml
+
+from expbuild_isolation.api.crd import build_crd, render_crd_yaml
+
+from .manifests import BAD, GOOD, LOCAL_ONLY
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "executiontask.yaml"
+
+
+def test_committed_crd_matches_the_models():
+    assert CRD_FILE.read_text() == render_crd_yaml(), (
+        "crds/executiontask.yaml is stale: run `expbuild-isolation crd > crds/executiontask.yaml`")
+
+
+def test_crd_validates_against_the_kubernetes_schema():
+    kubernetes_validate.validate(build_crd(), "1.30", strict=True)
+
+
+def test_printer_columns_and_short_name():
+    crd = build_crd()
+    version = crd["spec"]["versions"][0]
+    names = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 0]
+    assert names == ["Phase", "Exit", "Executor", "Isolation", "Node", "Age"]
+    assert crd["spec"]["names"]["shortNames"] == ["xt"]
+    assert version["subresources"] == {"status": {}}
+
+
+def _walk(schema):
+    yield schema
+    for sub in schema.get("properties", {}).values():
+        yield from _walk(sub)
+    if "items" in schema:
+        yield from _walk(schema["items"])
+
+
+def test_schema_is_structural():
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for node in _walk(schema):
+        assert "$ref" not in node and "title" not in node
+        assert not ("properties" in node and "additionalProperties" in node)
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string") is True
+        else:
+            assert "type" in node, node
+
+
+def test_every_spec_field_has_a_description_for_kubectl_explain():
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    missing = [name for name, sub in spec["properties"].items() if not sub.get("description")]
+    assert not missing
+
+
+class ApiServer:
+    """The part of the API server's validation a CRD drives: defaults, types, enums, patterns, bounds, CEL."""
+
+    def __init__(self, schema):
+        self.schema = schema
+        self.cel = celpy.Environment()
+
+    def admit(self, obj):
+        errors = []
+        self._check(self.schema, copy.deepcopy(obj), "", errors)
+        return errors
+
+    def _check(self, schema, value, path, errors):
+        if schema.get("x-kubernetes-int-or-string"):
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                errors.append(f"{path}: must be int or string")
+            elif isinstance(value, int) and value < 0:
+                errors.append(f"{path}: must be >= 0")
+            elif isinstance(value, str) and not re.search(schema["pattern"], value):
+                errors.append(f"{path}: bad quantity")
+            return
+        kind = schema.get("type")
+        python = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}.get(kind)
+        if python and (not isinstance(value, python) or (kind == "integer" and isinstance(value, bool))):
+            errors.append(f"{path}: must be {kind}")
+            return
+        if "enum" in schema and value not in schema["enum"]:
+            errors.append(f"{path}: not in enum")
+        if kind == "string":
+            if "pattern" in schema and not re.search(schema["pattern"], value):
+                errors.append(f"{path}: pattern")
+            if len(value) > schema.get("maxLength", 1 << 30) or len(value) < schema.get("minLength", 0):
+                errors.append(f"{path}: length")
+        if kind == "integer" and not schema.get("minimum", -1 << 63) <= value <= schema.get("maximum", 1 << 63):
+            errors.append(f"{path}: bounds")
+        if kind == "array":
+            if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", 1 << 30):
+                errors.append(f"{path}: items")
+            for index, item in enumerate(value):
+                self._check(schema["items"], item, f"{path}[{index}]", errors)
+        if kind == "object" and "properties" in schema:
+            for name, sub in schema["properties"].items():
+                if name not in value and "default" in sub:
+                    value[name] = copy.deepcopy(sub["default"])
+            errors.extend(f"{path}.{name}: required" for name in schema.get("required", []) if name not in value)
+            for name, item in value.items():
+                if name in schema["properties"]:
+                    self._check(schema["properties"][name], item, f"{path}.{name}", errors)
+        for rule in schema.get("x-kubernetes-validations", []):
+            program = self.cel.program(self.cel.compile(rule["rule"]))
+            result = program.evaluate({"self": celpy.json_to_cel(value)})
+            if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
+                errors.append(f"{path}: {rule['message']}")
+
+
+@pytest.fixture(scope="module")
+def api_server():
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return ApiServer(schema)
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_api_server_admits_good_manifests(api_server, name):
+    assert api_server.admit(GOOD[name]) == []
+
+
+@pytest.mark.parametrize("name", sorted(set(BAD) - LOCAL_ONLY))
+def test_api_server_rejects_what_the_models_reject(api_server, name):
+    manifest, _ = BAD[name]
+    assert api_server.admit(manifest), f"{name} would be admitted by the API server"
+
+
+def test_examples_are_valid_tasks_and_admitted(api_server):
+    from expbuild_isolation.worker.local import load_task
+
+    examples = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "ExecutionTask":
+                load_task(path)
+                assert api_server.admit(doc) == [], path
