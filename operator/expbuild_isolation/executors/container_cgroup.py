@@ -15,6 +15,7 @@ sweep would otherwise treat them as its own leftovers.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 from .cgroups import CGROUP_ROOT, CgroupError, CgroupStats, TaskCgroup, detect_version, v2_root
@@ -66,18 +67,30 @@ class ContainerCgroup:
             return group.stats()
         return None
 
-    def remove(self) -> None:
-        """Delete the parent (and anything the engine left below it) in every hierarchy."""
-        for base in _hierarchies(self.root).values():
-            directory = base / self.relative
-            if not directory.is_dir():
-                continue
-            for child in sorted(directory.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-        group = self._group()
-        if group is not None:
-            group.remove()  # kills stragglers, retries while the kernel releases the last task
+    def remove(self, *, wait_seconds: float = 0.0) -> None:
+        """Delete the parent (and whatever the engine left below it, e.g. Podman's conmon) everywhere.
+
+        Raises CgroupError while something still runs inside (a conmon about to exit); the caller retries later.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            busy = []
+            for base in _hierarchies(self.root).values():
+                directory = base / self.relative
+                if not directory.is_dir():
+                    continue
+                for child in sorted(directory.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+                    try:
+                        child.rmdir()
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        busy.append(f"{child}: {exc.strerror}")
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                raise CgroupError("cannot remove cgroup: " + "; ".join(busy[:3]))
+            time.sleep(0.02)
 
 
 def sweep_orphans(top: str, alive: set[str], *, root: Path = CGROUP_ROOT) -> list[str]:

@@ -34,6 +34,7 @@ import requests.exceptions
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
 from .config import DockerConfig
+from .cgroups import CgroupStats
 from .container_cgroup import ContainerCgroup, sweep_orphans
 from .docker_pool import WarmPool, sweep_slots
 from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
@@ -60,6 +61,7 @@ class DockerExecutor:
         self._client: docker.DockerClient | None = None
         self._waits = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"{self.name}-wait")
         self._runtimes_checked = False
+        self._leftover_cgroups: list[ContainerCgroup] = []
         self.pool = WarmPool(self) if self.config.pool_size > 0 else None
 
     # -- contract ---------------------------------------------------------------------------------------------
@@ -83,6 +85,9 @@ class DockerExecutor:
         """Remove the warm pool and release the connection; running tasks clean up after themselves."""
         if self.pool is not None:
             await self.pool.drain()
+        left = await asyncio.to_thread(self.remove_leftover_cgroups, wait_seconds=10)
+        if left:
+            log.warning("%s: cgroups still busy at close: %s", self.name, ", ".join(left))
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -169,7 +174,7 @@ class DockerExecutor:
         state = container.attrs.get("State", {})
         exit_code = int(state.get("ExitCode", status.get("StatusCode", -1)))
         usage = cgroup.stats()
-        oom = bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
+        oom = self.was_oom_killed(state, exit_code, usage, request)
         if timed_out:
             exit_code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
         elif oom and exit_code != 0:
@@ -193,6 +198,10 @@ class DockerExecutor:
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                                output_files=tuple(files), output_problems=tuple(problems), stats=stats,
                                message=message)
+
+    def was_oom_killed(self, state: dict, exit_code: int, usage: CgroupStats | None,
+                       request: ExecutionRequest) -> bool:
+        return bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
 
     @staticmethod
     def _read_log(container, limit: int, *, stdout: bool) -> BoundedBuffer:  # type: ignore[no-untyped-def]
@@ -223,10 +232,19 @@ class DockerExecutor:
                 if "removal" not in str(exc).lower() or "in progress" not in str(exc).lower():
                     log.warning("%s: cannot remove container %s: %s", self.name, name, exc)
         if cgroup is not None:
+            self._leftover_cgroups.append(cgroup)
+        self.remove_leftover_cgroups()
+
+    def remove_leftover_cgroups(self, *, wait_seconds: float = 0.0) -> list[str]:
+        """Retry parent cgroups still busy (a conmon exiting); returns what remains."""
+        remaining = []
+        for cgroup in list(self._leftover_cgroups):
             try:
-                cgroup.remove()
-            except Exception as exc:  # noqa: BLE001 - leftovers are swept later; never mask the task's result
-                log.warning("%s: cannot remove cgroup %s: %s", self.name, cgroup.relative, exc)
+                cgroup.remove(wait_seconds=wait_seconds)
+            except Exception:  # noqa: BLE001 - retried on the next removal and at close(); never masks a result
+                remaining.append(cgroup)
+        self._leftover_cgroups = remaining
+        return [c.relative for c in remaining]
 
     def prepare_workspace(self, request: ExecutionRequest) -> None:
         """Make the workspace (and the working dir) writable by the task's user, before the bind mount."""

@@ -103,7 +103,8 @@ class WarmPool:
         self._templates: OrderedDict[tuple, tuple[ExecutionRequest, ResourceLimits]] = OrderedDict()
         self._fillers: dict[tuple, asyncio.Task] = {}
         self.closed = False
-        self.created = 0  # containers ever made for the pool (tests check that none is used twice)
+        self.created = 0        # containers ever made for the pool
+        self.used: list[str] = []  # names of the warm containers that ran a task (each must appear once)
 
     def owns(self, name: str) -> bool:
         return any(slot.name == name for slots in self._ready.values() for slot in slots)
@@ -167,20 +168,27 @@ class WarmPool:
     async def _fill_class(self, key: tuple) -> None:
         while not self.closed and key in self._templates and len(self._ready.get(key, [])) < self.size:
             template, limits = self._templates[key]
-            making = asyncio.ensure_future(asyncio.to_thread(self._make_slot, template, limits))
+            missing = self.size - len(self._ready.get(key, []))
+            making = [asyncio.ensure_future(asyncio.to_thread(self._make_slot, template, limits))
+                      for _ in range(missing)]
             try:
-                slot = await asyncio.shield(making)
+                made = await asyncio.shield(asyncio.gather(*making, return_exceptions=True))
             except asyncio.CancelledError:
-                with contextlib.suppress(Exception):  # drained meanwhile: the container being made goes too
-                    await asyncio.to_thread(self.release, await making)
+                for future in making:  # drained meanwhile: the containers being made go too
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(self.release, await future)
                 raise
-            except Exception as exc:  # noqa: BLE001 - a pool that cannot fill just means cold starts
-                log.warning("%s: warm pool cannot add a container: %s", self.executor.name, exc)
+            failures = [slot for slot in made if isinstance(slot, BaseException)]
+            for slot in made:
+                if isinstance(slot, BaseException):
+                    continue
+                if key in self._templates and not self.closed:
+                    self._ready.setdefault(key, []).append(slot)
+                else:
+                    await asyncio.to_thread(self.release, slot)
+            if failures:  # a pool that cannot fill just means cold starts
+                log.warning("%s: warm pool cannot add a container: %s", self.executor.name, failures[0])
                 return
-            if key in self._templates and not self.closed:
-                self._ready.setdefault(key, []).append(slot)
-            else:
-                await asyncio.to_thread(self.release, slot)
 
     def _make_slot(self, template: ExecutionRequest, limits: ResourceLimits) -> Slot:
         from docker.types import Mount
@@ -244,6 +252,7 @@ class WarmRun:
                 os.close(self._fifo_fd)
             await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(self.pool.release, self.slot)))
             return None
+        self.pool.used.append(self.slot.name)
         try:
             result = await executor.run_container(self.slot.container, request, self.slot.cgroup,
                                                   start=self._trigger)

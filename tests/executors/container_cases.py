@@ -1,0 +1,188 @@
+"""The promises of the Docker-API executors, written once and run against a real Docker and a real Podman.
+
+``test_docker.py`` and ``test_podman.py`` import these with their backend. A daemon
+that is not running here skips the tests with the reason, unless the backend is
+named in EXPBUILD_REQUIRE_BACKENDS (comma list): then it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from expbuild_isolation.executors.base import (ExecutionRequest, ExecutorUnavailable, IsolationLevel,
+                                               IsolationUnavailable, NetworkPolicy, ResourceLimits, TerminationReason)
+from expbuild_isolation.executors.config import DockerConfig, HostConfig, PodmanConfig
+from expbuild_isolation.executors.docker import DockerExecutor
+from expbuild_isolation.executors.podman import PodmanExecutor
+from expbuild_isolation.executors.select import select_executor
+from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
+
+ENGINES = {"docker": (DockerExecutor, DockerConfig), "podman": (PodmanExecutor, PodmanConfig)}
+
+
+def required(backend: str) -> bool:
+    return backend in {b.strip() for b in os.environ.get("EXPBUILD_REQUIRE_BACKENDS", "").split(",")}
+
+
+def make(backend: str, **settings) -> DockerExecutor:  # type: ignore[no-untyped-def]
+    cls, config = ENGINES[backend]
+    settings.setdefault("worker_id", f"test-{uuid.uuid4().hex[:8]}")
+    return cls(config(**settings))
+
+
+async def usable(backend: str, **settings) -> DockerExecutor:  # type: ignore[no-untyped-def]
+    """A healthy executor, or a skip (a failure when the backend is required) naming why not."""
+    executor = make(backend, **settings)
+    try:
+        await executor.health_check()
+    except ExecutorUnavailable as exc:
+        if required(backend):
+            pytest.fail(f"{backend} is required (EXPBUILD_REQUIRE_BACKENDS) but unavailable: {exc}")
+        pytest.skip(f"{backend} unavailable: {exc}")
+    return executor
+
+
+def leftovers(executor: DockerExecutor) -> list[str]:
+    """Containers carrying this executor's worker id, and parent cgroups of them (none may remain)."""
+    engine = executor.name
+    names = subprocess.run([engine, "ps", "-a", "--filter", f"label=expbuild.io/worker-id={executor.worker_id}",
+                            "--format", "{{.Names}}"], capture_output=True, text=True, check=True).stdout.split()
+    for base in Path("/sys/fs/cgroup").iterdir():
+        top = base / executor.cgroup_top
+        if top.is_dir():
+            names += [str(d) for d in top.iterdir() if d.is_dir() and d.name in names]
+    return names
+
+
+def request(workspace: Path, *argv: str, **fields) -> ExecutionRequest:  # type: ignore[no-untyped-def]
+    return ExecutionRequest(task_id=f"t-{uuid.uuid4().hex[:6]}", argv=argv, workspace=workspace, **fields)
+
+
+@pytest.fixture
+def workspace():  # type: ignore[no-untyped-def]
+    path = create_workspace()
+    yield path
+    remove_workspace(path)
+
+
+def cases(backend: str) -> dict:  # noqa: C901 - one closure per promise
+    @pytest.fixture
+    async def executor():  # type: ignore[no-untyped-def]
+        ex = await usable(backend)
+        await ex.warmup()
+        yield ex
+        await ex.close()
+        assert leftovers(ex) == []
+
+    async def test_hello_runs_as_nobody_in_the_workspace(executor, workspace):  # type: ignore[no-untyped-def]
+        result = await executor.execute(request(workspace, "sh", "-c", "echo hello; echo oops >&2; id -u; pwd"))
+        assert result.reason == TerminationReason.COMPLETED and result.exit_code == 0
+        assert result.stdout == b"hello\n65534\n/workspace\n" and result.stderr == b"oops\n"
+        assert result.executor == backend and result.isolation_level == IsolationLevel.CONTAINER
+        assert result.stats.cpu_time_seconds is not None and result.stats.peak_memory_bytes
+
+    async def test_exit_codes_are_reported(executor, workspace):  # type: ignore[no-untyped-def]
+        result = await executor.execute(request(workspace, "sh", "-c", "exit 3"))
+        assert (result.exit_code, result.reason) == (3, TerminationReason.NON_ZERO_EXIT)
+        missing = await executor.execute(request(workspace, "no-such-program"))
+        assert (missing.exit_code, missing.reason) == (127, TerminationReason.START_FAILED)
+
+    async def test_a_timeout_kills_the_task_and_leaves_no_container(executor, workspace):  # type: ignore[no-untyped-def]
+        result = await executor.execute(request(workspace, "sh", "-c", "sleep 30 & sleep 30", timeout_seconds=1))
+        assert (result.exit_code, result.reason) == (124, TerminationReason.DEADLINE_EXCEEDED)
+        assert result.stats.duration_seconds < 10
+        assert [n for n in leftovers(executor) if not executor.pool or not executor.pool.owns(n)] == []
+
+    async def test_memory_past_the_limit_ends_in_oom_killed(executor, workspace):  # type: ignore[no-untyped-def]
+        result = await executor.execute(request(workspace, "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
+                                                limits=ResourceLimits(memory_bytes=32 << 20)))
+        assert (result.exit_code, result.reason) == (137, TerminationReason.OOM_KILLED)
+
+    async def test_outputs_are_collected_and_symlinks_refused(executor, workspace):  # type: ignore[no-untyped-def]
+        result = await executor.execute(request(
+            workspace, "sh", "-c", "mkdir -p out && printf abc > out/a.txt && ln -s /etc/passwd out/link",
+            output_paths=("out/a.txt", "out/link", "out/missing")))
+        assert [(f.path, f.size_bytes) for f in result.output_files] == [("out/a.txt", 3)]
+        assert len(result.output_problems) == 2 and "symlink" in result.output_problems[0]
+
+    async def test_the_sandbox_is_hardened(executor, workspace):  # type: ignore[no-untyped-def]
+        script = ("touch /rootfile 2>/dev/null && echo root-writable; "
+                  "cp /bin/busybox /tmp/b && /tmp/b true 2>/dev/null && echo tmp-exec; "
+                  "grep -c : /proc/net/dev; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; "
+                  "grep Seccomp: /proc/self/status")
+        result = await executor.execute(request(workspace, "sh", "-c", script))
+        out = result.stdout.decode()
+        assert "root-writable" not in out and "tmp-exec" not in out
+        assert out.splitlines()[0] == "1"                   # loopback only
+        assert "CapEff:\t0000000000000000" in out and "NoNewPrivs:\t1" in out and "Seccomp:\t2" in out
+
+    async def test_cancelling_a_task_removes_its_container(executor, workspace):  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(executor.execute(request(workspace, "sleep", "30")))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # removal is shielded: it finishes in the background
+        assert [n for n in leftovers(executor) if not executor.pool or not executor.pool.owns(n)] == []
+
+    async def test_a_wrong_socket_path_is_named(tmp_path):  # type: ignore[no-untyped-def]
+        with pytest.raises(ExecutorUnavailable, match="no socket at /nonexistent/engine.sock"):
+            await make(backend, socket_path="/nonexistent/engine.sock").health_check()
+        not_socket = tmp_path / "plain-file"
+        not_socket.write_text("")
+        with pytest.raises(ExecutorUnavailable, match="is not a socket"):
+            await make(backend, socket_path=str(not_socket)).health_check()
+
+    async def test_a_daemon_that_does_not_answer_is_named(tmp_path):  # type: ignore[no-untyped-def]
+        dead = socket.socket(socket.AF_UNIX)
+        dead.bind(str(tmp_path / "dead.sock"))  # bound, never listening: connection refused
+        try:
+            with pytest.raises(ExecutorUnavailable, match="does not answer"):
+                await make(backend, socket_path=str(tmp_path / "dead.sock")).health_check()
+        finally:
+            dead.close()
+
+    async def test_a_missing_image_is_named():  # type: ignore[no-untyped-def]
+        executor = await usable(backend)
+        with pytest.raises(ExecutorUnavailable, match="image 'localhost/expbuild-absent:1' is not present"):
+            await make(backend, image="localhost/expbuild-absent:1").health_check()
+        await executor.close()
+
+    async def test_auto_moves_on_but_never_below_the_floor(workspace):  # type: ignore[no-untyped-def]
+        from expbuild_isolation.executors.host import HostExecutor
+        chain = [make(backend, socket_path="/nonexistent/engine.sock"), HostExecutor(HostConfig())]
+        with pytest.raises(IsolationUnavailable, match=f"{backend}: unavailable .*no socket.*host: isolation .* is below the task.s minimum Container"):
+            await select_executor(chain, request(workspace, "true"))
+        relaxed = request(workspace, "true", minimum_isolation=IsolationLevel.NONE, seccomp_profile="Unconfined",
+                          limits=ResourceLimits(network=NetworkPolicy.full()))
+        assert (await select_executor(chain, relaxed)).name == "host"
+
+    async def test_200_tasks_leave_nothing_behind_and_no_warm_container_is_reused(workspace):  # type: ignore[no-untyped-def]
+        executor = await usable(backend, pool_size=4)
+        await executor.warmup()
+        gate = asyncio.Semaphore(4)
+
+        async def one(i: int):  # type: ignore[no-untyped-def]
+            async with gate:
+                ws = create_workspace()
+                try:
+                    return await executor.execute(request(ws, "sh", "-c", f"echo {i}"))
+                finally:
+                    remove_workspace(ws)
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(200)]
+        used = executor.pool.used
+        assert len(used) == len(set(used)) and len(used) > 50   # warm containers ran most tasks, each once
+        await executor.close()
+        assert leftovers(executor) == []
+        assert not list(Path("/run/expbuild").glob(f"{backend}-pool-{os.getpid()}/*"))
+
+    return {name: value for name, value in locals().items() if name.startswith("test_") or name == "executor"} | {"workspace": workspace}
