@@ -1,0 +1,1 @@
+"""The operator: kopf handlers (``handlers``), every API call (``cluster``), the entry point (``run``)."""

@@ -1,0 +1,162 @@
+"""Every call the operator makes to the API server, on the ``kubernetes`` client in worker threads.
+
+The connection comes from kopf's login (``Cluster.from_connection``), so the
+operator and its own calls always share one set of credentials: kubeconfig
+outside a cluster, the service account inside, a test server in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import tempfile
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes.client
+
+from ..api.task import GROUP, PLURAL, VERSION
+from ..kube.names import TASK_LABEL, task_label
+
+_COLLECTIONS = {
+    ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
+    ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
+    ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    ("cilium.io/v2", "CiliumNetworkPolicy"): "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies",
+    (f"{GROUP}/{VERSION}", "ExecutionTask"): f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class NotOwned(Exception):
+    """An object with the task's deterministic name exists but belongs to something else."""
+
+
+def _file(data: Any) -> str:
+    raw = data if isinstance(data, bytes) else str(data).encode()
+    if not raw.lstrip().startswith(b"-----"):
+        raw = base64.b64decode(raw)
+    handle = tempfile.NamedTemporaryFile(prefix="expbuild-", delete=False)
+    handle.write(raw)
+    handle.close()
+    return handle.name
+
+
+class Cluster:
+    def __init__(self, configuration: kubernetes.client.Configuration) -> None:
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 64)
+        self._api = kubernetes.client.ApiClient(configuration)
+
+    @classmethod
+    def from_connection(cls, info: Any) -> Cluster:
+        """From a ``kopf.ConnectionInfo`` as a login handler returns it."""
+        config = kubernetes.client.Configuration()
+        config.host = info.server.rstrip("/")
+        config.verify_ssl = not info.insecure
+        if info.ca_path or info.ca_data:
+            config.ssl_ca_cert = info.ca_path or _file(info.ca_data)
+        if info.certificate_path or info.certificate_data:
+            config.cert_file = info.certificate_path or _file(info.certificate_data)
+        if info.private_key_path or info.private_key_data:
+            config.key_file = info.private_key_path or _file(info.private_key_data)
+        if info.token:
+            config.api_key = {"BearerToken": info.token}
+            config.api_key_prefix = {"BearerToken": info.scheme or "Bearer"}
+        elif info.username:
+            config.username, config.password = info.username, info.password or ""
+        return cls(config)
+
+    def close(self) -> None:
+        self._api.close()
+
+    def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None, body: Any = None,
+              content_type: str = "application/json", raw: bool = False) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, _, _ = self._api.param_serialize(
+            method, path, query_params=query or [], header_params=headers,
+            auth_settings=["BearerToken", "BasicAuth"])
+        response = self._api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        data = response.read()
+        if response.status >= 400:
+            try:
+                message = json.loads(data).get("message", "")
+            except ValueError:
+                message = data.decode(errors="replace")[:500]
+            raise ApiError(response.status, message)
+        if raw:
+            return data
+        return json.loads(data) if data else {}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self._call, method, path, **kwargs)
+
+    @staticmethod
+    def collection(api_version: str, kind: str, namespace: str) -> str:
+        return _COLLECTIONS[(api_version, kind)].format(ns=quote(namespace))
+
+    async def create_or_adopt(self, obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        """Create ``obj``; if its name is taken, return the existing one when the task owns it."""
+        meta = obj["metadata"]
+        path = self.collection(obj["apiVersion"], obj["kind"], meta["namespace"])
+        try:
+            return await self.call("POST", path, body=obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        existing = await self.call("GET", f"{path}/{quote(meta['name'])}")
+        owners = existing.get("metadata", {}).get("ownerReferences") or []
+        if any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners):
+            return existing
+        raise NotOwned(f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not owned by "
+                       f"this task; delete it or rename the task")
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.call("GET", f"{self.collection(api_version, kind, namespace)}/{quote(name)}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.get(f"{GROUP}/{VERSION}", "ExecutionTask", namespace, name)
+
+    async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}/status"
+        await self.call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    async def pod_for_task(self, namespace: str, task_name: str) -> dict[str, Any] | None:
+        """The newest pod of the task's Job (there is at most one with backoffLimit 0)."""
+        selector = f"{TASK_LABEL}={task_label(task_name)}"
+        listing = await self.call("GET", self.collection("v1", "Pod", namespace), query=[("labelSelector", selector)])
+        pods = listing.get("items") or []
+        pods.sort(key=lambda pod: pod.get("metadata", {}).get("creationTimestamp") or "")
+        return pods[-1] if pods else None
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        path = f"{self.collection('batch/v1', 'Job', namespace)}/{quote(name)}"
+        try:
+            await self.call("DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1",
+                                                  "propagationPolicy": "Background"})
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    async def log_tail(self, namespace: str, pod: str, container: str, limit_bytes: int) -> tuple[str, bool]:
+        """The last ``limit_bytes`` of a container's log, and whether it was cut."""
+        if limit_bytes <= 0:
+            return "", False
+        path = f"{self.collection('v1', 'Pod', namespace)}/{quote(pod)}/log"
+        lines = max(10, limit_bytes // 16)
+        data = await self.call("GET", path, query=[("container", container), ("tailLines", lines)], raw=True)
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        cut = len(text.encode()) > limit_bytes
+        return (text.encode()[-limit_bytes:].decode(errors="ignore") if cut else text), cut or text.count("\n") >= lines

@@ -1,0 +1,261 @@
+"""kopf handlers: decide, call ``cluster``, patch status. Rendering and status mapping live in ``kube``.
+
+A task's life: create/resume -> check and render -> create the objects
+(idempotent: an existing object the task owns is adopted) -> Scheduled. From
+then on every event of its Job or Pod (and a slow resync timer) recomputes the
+status from what the API server says, so a restarted operator rebuilds the
+truth instead of remembering it. Cancel and delete remove the Job and end in
+Cancelled. Status is patched only through ``cluster`` (never kopf's ``patch``)
+so that all writers are serialized by one per-task lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from .. import audit, metrics
+from ..api.task import GROUP, PLURAL, VERSION, ExecutionTask, Phase
+from ..kube import render
+from ..kube.config import OperatorConfig
+from ..kube.errors import RenderError
+from ..kube.names import MANAGED_BY, TASK_LABEL, TASK_NAME_ANNOTATION, object_name
+from ..kube.status import parse_time, status_from, timestamp
+from .cluster import Cluster, NotOwned
+
+EXECUTOR = "job"
+FOLLOWED = {TASK_LABEL: kopf.PRESENT, **MANAGED_BY}
+
+
+@dataclass
+class OperatorState:
+    """Shared by every handler through ``memo.state`` (kopf copies the memo per object, not this)."""
+
+    config: OperatorConfig
+    cluster: Cluster | None = None
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    @property
+    def api(self) -> Cluster:
+        if self.cluster is None:
+            raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
+        return self.cluster
+
+
+def remember_login(state: OperatorState, info: kopf.ConnectionInfo) -> kopf.ConnectionInfo:
+    """Give ``cluster`` the credentials kopf just logged in with."""
+    old, state.cluster = state.cluster, Cluster.from_connection(info)
+    if old is not None:
+        old.close()
+    return info
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = "expbuild.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="expbuild.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="expbuild.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's INFO chatter would drown it
+
+
+async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    state: OperatorState = memo.state
+    task = ExecutionTask.model_validate(dict(body))
+    if task.status.phase.finished or task.spec.isolation.executor == "agent":
+        return  # finished, or for a node agent: not the Job path's business
+    async with state.lock(task.key):
+        if task.spec.cancel:
+            await _cancel(state, task, dict(body), "cancelled before it started (spec.cancel)")
+            return
+        try:
+            objects = render.objects_for(task, state.config)
+        except RenderError as exc:
+            await _reject(state, task, dict(body), exc.reason, str(exc))
+            return
+        try:
+            for obj in objects:
+                await state.api.create_or_adopt(obj, task.metadata.uid)
+        except NotOwned as exc:
+            await _reject(state, task, dict(body), "NameConflict", str(exc))
+            return
+        except Exception as exc:
+            metrics.RECONCILE_ERRORS.inc()
+            raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
+        if task.status.phase is Phase.PENDING:
+            level = render.isolation_level(task, state.config).value
+            patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
+                     "isolationLevel": level, "observedGeneration": task.metadata.generation}
+            await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
+            kopf.event(dict(body), type="Normal", reason="Scheduled",
+                       message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
+            audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
+    await reconcile(state, task.metadata.namespace, task.metadata.name)
+
+
+async def follow(body: kopf.Body, **kwargs: Any) -> None:
+    """A Job or Pod of ours changed: recompute its task's status."""
+    meta = body.get("metadata", {})
+    name = (meta.get("annotations") or {}).get(TASK_NAME_ANNOTATION)
+    if name and meta.get("namespace"):
+        await reconcile(kwargs["memo"].state, meta["namespace"], name)
+
+
+async def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    await reconcile(memo.state, meta["namespace"], meta["name"])
+
+
+async def reconcile(state: OperatorState, namespace: str, name: str) -> None:
+    async with state.lock(_key(namespace, name)):
+        try:
+            await _reconcile(state, namespace, name)
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            raise
+
+
+async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
+    body = await state.api.get_task(namespace, name)
+    if body is None:
+        return
+    task = ExecutionTask.model_validate(body)
+    if (task.status.phase.finished or task.status.phase is Phase.PENDING or task.spec.cancel
+            or task.spec.isolation.executor not in render.JOB_EXECUTORS):
+        return
+    job = await state.api.get("batch/v1", "Job", namespace, object_name(name))
+    pod = await state.api.pod_for_task(namespace, name)
+    patch = status_from(task, job, pod, now(), image_pull_grace=state.config.image_pull_grace_seconds)
+    current = task.status.model_dump(by_alias=True, mode="json")
+    if not patch or all(current.get(key) == value for key, value in patch.items()):
+        return
+    finished = Phase(patch["phase"]).finished
+    if finished and pod is not None:
+        text, cut = await _log_tail(state, pod)
+        patch["logs"] = {"stdoutTail": text, "stderrTail": "", "truncated": cut}
+    await state.api.patch_task_status(namespace, name, patch)
+    _transition(state, task, body, patch)
+
+
+async def _log_tail(state: OperatorState, pod: dict[str, Any]) -> tuple[str, bool]:
+    meta = pod.get("metadata", {})
+    try:
+        return await state.api.log_tail(meta["namespace"], meta["name"], render.TASK_CONTAINER,
+                                        state.config.log_tail_bytes)
+    except Exception as exc:  # logs are a convenience; the status must not wait for them
+        logging.getLogger(__name__).warning("no log tail for %s: %s", meta.get("name"), exc)
+        return "", False
+
+
+def _transition(state: OperatorState, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Events, metrics and audit for a phase change (or a new reason within a phase)."""
+    old, new = task.status.phase, Phase(patch["phase"])
+    if (old, task.status.reason) == (new, patch.get("reason", "")):
+        return
+    warning = new in (Phase.FAILED, Phase.TIMED_OUT, Phase.ERROR) or patch.get("reason") in ("Unschedulable",
+                                                                                             "ImagePullBackOff")
+    message = patch.get("message") or f"{old.value} -> {new.value}"
+    if "exitCode" in patch:
+        message = f"exit code {patch['exitCode']}; {message}"
+    kopf.event(body, type="Warning" if warning else "Normal", reason=patch.get("reason") or new.value,
+               message=message[:1024])
+    if new is Phase.RUNNING and task.key not in state.running:
+        state.running.add(task.key)
+        created = parse_time(body.get("metadata", {}).get("creationTimestamp"))
+        started = parse_time(patch.get("startTime"))
+        metrics.task_started(EXECUTOR, (started - created).total_seconds() if created and started else None)
+    if new.finished:
+        _finished(state, task, patch)
+    metrics.TASKS_RUNNING.labels(executor=EXECUTOR).set(len(state.running))
+
+
+def _finished(state: OperatorState, task: ExecutionTask, patch: dict[str, Any]) -> None:
+    state.running.discard(task.key)
+    metrics.TASKS_RUNNING.labels(executor=EXECUTOR).set(len(state.running))
+    metrics.task_finished(patch["phase"], EXECUTOR, patch.get("durationSeconds"))
+    outcome = {key: patch[key] for key in ("phase", "reason", "message", "exitCode", "durationSeconds", "node")
+               if key in patch}
+    audit.emit(audit.audit_record(task, "end", executor=EXECUTOR,
+                                  isolation=patch.get("isolationLevel") or "", outcome=outcome))
+
+
+async def _reject(state: OperatorState, task: ExecutionTask, body: dict[str, Any], reason: str, message: str) -> None:
+    """End in Error for what only the operator can see; one Event, no retries."""
+    patch = {"phase": Phase.ERROR.value, "reason": reason, "message": message, "executor": EXECUTOR,
+             "completionTime": timestamp(now()), "observedGeneration": task.metadata.generation}
+    await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
+    kopf.event(body, type="Warning", reason=reason, message=message[:1024])
+    _finished(state, task, patch)
+
+
+async def _cancel(state: OperatorState, task: ExecutionTask, body: dict[str, Any], message: str) -> None:
+    await state.api.delete_job(task.metadata.namespace, object_name(task.metadata.name))
+    patch = {"phase": Phase.CANCELLED.value, "reason": "Cancelled", "message": message,
+             "completionTime": timestamp(now()), "observedGeneration": task.metadata.generation}
+    if task.status.start_time is not None:
+        patch["durationSeconds"] = round((now() - task.status.start_time).total_seconds(), 3)
+    await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
+    kopf.event(body, type="Normal", reason="Cancelled", message=message)
+    _finished(state, task, patch | {"isolationLevel": (task.status.isolation_level.value
+                                                                      if task.status.isolation_level else "")})
+
+
+async def cancel(body: kopf.Body, memo: kopf.Memo, new: Any, **_: Any) -> None:
+    if not new:
+        return
+    state: OperatorState = memo.state
+    task = ExecutionTask.model_validate(dict(body))
+    async with state.lock(task.key):
+        fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
+        if fresh is None:
+            return
+        task = ExecutionTask.model_validate(fresh)
+        if not task.status.phase.finished:
+            await _cancel(state, task, fresh, "cancelled by spec.cancel")
+
+
+async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    state: OperatorState = memo.state
+    task = ExecutionTask.model_validate(dict(body))
+    async with state.lock(task.key):
+        if not task.status.phase.finished:
+            await _cancel(state, task, dict(body), "the task was deleted")
+        else:
+            await state.api.delete_job(task.metadata.namespace, object_name(task.metadata.name))
+    state.locks.pop(task.key, None)
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return not Phase(status.get("phase") or "Pending").finished
+
+
+def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A registry with every handler; the caller adds a login handler (see ``run``)."""
+    registry = kopf.OperatorRegistry()
+    resource = (GROUP, VERSION, PLURAL)
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.resume(*resource, registry=registry, id="start")(start)
+    kopf.on.create(*resource, registry=registry, id="start")(start)
+    kopf.on.field(*resource, field="spec.cancel", registry=registry, id="cancel")(cancel)
+    kopf.on.delete(*resource, registry=registry, id="delete")(delete)
+    kopf.on.event("batch", "v1", "jobs", labels=FOLLOWED, registry=registry, id="follow-job")(follow)
+    kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
+    kopf.timer(*resource, interval=config.resync_seconds, initial_delay=config.resync_seconds, idle=None,
+               when=_unfinished, registry=registry, id="resync")(resync)
+    return registry
