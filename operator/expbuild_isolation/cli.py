@@ -1,7 +1,8 @@
 """``expbuild-isolation``: run a task locally, print the CRD, run the operator or the node agent.
 
 Errors are one line on stderr, never a traceback. ``run`` exits with the task's
-own exit code (124 after a timeout); 125 means the task could not be run at all
+own exit code (124 after a timeout; 1 when the command exited 0 but the task still
+failed, e.g. an output was refused); 125 means the task could not be run at all
 (invalid manifest, no executor meets its isolation floor), as with ``docker run``.
 """
 
@@ -78,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     _print_status(task.metadata.name, status, args.output)
     if status.phase is Phase.ERROR or status.exit_code is None:
         return EXIT_NOT_RUN
+    if status.phase is not Phase.SUCCEEDED and status.exit_code == 0:
+        return 1  # e.g. an output was refused: never report success for a task that did not succeed
     return status.exit_code if status.exit_code < 256 else 1
 
 
