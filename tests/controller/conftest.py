@@ -72,6 +72,12 @@ class Api:
     async def delete(self, path: str) -> Any:
         return await self._json("DELETE", path)
 
+    def events_for(self, name: str) -> list[dict[str, Any]]:
+        """Events posted about a task. Read from the request log: KMock stores no generateName objects."""
+        return [req.data for req in list(self.server)
+                if req.method == "POST" and req.url.path == EVENTS and isinstance(req.data, dict)
+                and req.data.get("involvedObject", {}).get("name") == name]
+
 
 def task_body(name: str, uid: str | None = None, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "expbuild.io/v1alpha1", "kind": "ExecutionTask",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from .conftest import CONFIGMAPS, JOBS, NETPOLS, TASKS, eventually, task_body
+from .conftest import CONFIGMAPS, JOBS, NETPOLS, PODS, TASKS, eventually, task_body
 
 
 async def test_a_new_task_gets_its_job_policy_and_inputs(api, operator):
@@ -15,6 +15,110 @@ async def test_a_new_task_gets_its_job_policy_and_inputs(api, operator):
     assert task["status"]["executor"] == "job" and task["status"]["isolationLevel"] == "Container"
 
 
+def pod_body(task_name: str, state: dict, phase: str = "Running") -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"xt-{task_name}-abcde", "namespace": "ci", "resourceVersion": "1",
+                         "creationTimestamp": "2025-03-01T12:00:01Z",
+                         "labels": {"expbuild.io/task": task_name, "app.kubernetes.io/managed-by": "expbuild-isolation",
+                                    "batch.kubernetes.io/job-name": f"xt-{task_name}"},
+                         "annotations": {"expbuild.io/task-name": task_name}},
+            "spec": {"nodeName": "worker-3", "containers": [{"name": "task", "image": "x"}]},
+            "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"}],
+                       "initContainerStatuses": [{"name": "prepare", "state": {"terminated": {"exitCode": 0}}}],
+                       "containerStatuses": [{"name": "task", "state": state}]}}
+
+
+async def test_the_task_follows_its_pod_and_job_to_success(api, operator):
+    await api.create(TASKS, task_body("follow", outputs={"paths": ["out/app"]}))
+    await eventually(lambda: _phase(api, "follow", "Scheduled"), what="Scheduled")
+    await api.create(PODS, pod_body("follow", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    running = await eventually(lambda: _phase(api, "follow", "Running"), what="Running")
+    assert running["status"]["node"] == "worker-3"
+    report = '{"v":1,"exit":0,"cg":2,"cpu_us":500000,"mem":1048576,"trunc":0,"out":[[0,"%s",3,0]]}' % ("c" * 64)
+    finished = {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
+                               "startedAt": "2025-03-01T12:00:02Z", "finishedAt": "2025-03-01T12:00:05Z"}}
+    await api.patch(f"{PODS}/xt-follow-abcde", {"status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "task", "state": finished}]}})
+    await api.patch(f"{JOBS}/xt-follow", {"status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}})
+    done = await eventually(lambda: _phase(api, "follow", "Succeeded"), what="Succeeded")
+    status = done["status"]
+    assert status["exitCode"] == 0 and status["durationSeconds"] == 3.0 and status["reason"] == "Completed"
+    assert status["stats"] == {"cpuTimeSeconds": 0.5, "peakMemoryBytes": 1048576}
+    assert status["outputs"] == [{"path": "out/app", "sha256": "c" * 64, "sizeBytes": 3, "executable": False}]
+    reasons = await eventually(lambda: _event_reasons(api, "follow", {"Scheduled", "Started", "Completed"}),
+                               what="events")
+    assert {"Scheduled", "Started", "Completed"} <= reasons
+
+
+async def test_a_deadline_ends_timed_out_with_124(api, operator):
+    await api.create(TASKS, task_body("slow", timeout="5s"))
+    await eventually(lambda: api.get(f"{JOBS}/xt-slow"), what="the Job")
+    await api.patch(f"{JOBS}/xt-slow", {"status": {"startTime": "2025-03-01T12:00:00Z", "conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+         "lastTransitionTime": "2025-03-01T12:00:05Z"}]}})
+    task = await eventually(lambda: _phase(api, "slow", "TimedOut"), what="TimedOut")
+    assert task["status"]["exitCode"] == 124 and task["status"]["reason"] == "DeadlineExceeded"
+
+
+async def test_cancel_deletes_the_job_and_ends_cancelled(api, operator):
+    await api.create(TASKS, task_body("stopme"))
+    await eventually(lambda: _phase(api, "stopme", "Scheduled"), what="Scheduled")
+    await api.patch(f"{TASKS}/stopme", {"spec": {"cancel": True}})
+    task = await eventually(lambda: _phase(api, "stopme", "Cancelled"), what="Cancelled")
+    assert task["status"]["reason"] == "Cancelled"
+    assert await api.get(f"{JOBS}/xt-stopme") is None
+
+
+async def test_deleting_a_task_deletes_its_job_through_the_finalizer(api, operator):
+    await api.create(TASKS, task_body("gone"))
+    await eventually(lambda: _phase(api, "gone", "Scheduled"), what="Scheduled")
+    assert "expbuild.io/finalizer" in (await api.get(f"{TASKS}/gone"))["metadata"]["finalizers"]
+    await api.delete(f"{TASKS}/gone")
+    await eventually(lambda: _absent(api, f"{TASKS}/gone"), what="the task to go")
+    assert await api.get(f"{JOBS}/xt-gone") is None
+
+
+async def test_a_bad_image_is_an_error_with_an_event_while_a_good_task_still_runs(api, operator):
+    await api.create(TASKS, task_body("evil", image="docker.io/evil/miner:latest"))
+    await api.create(TASKS, task_body("good"))
+    bad = await eventually(lambda: _phase(api, "evil", "Error"), what="Error")
+    assert bad["status"]["reason"] == "ImageNotAllowed" and "docker.io/evil/miner:latest" in bad["status"]["message"]
+    await eventually(lambda: api.get(f"{JOBS}/xt-good"), what="the good task's Job")
+    assert await api.get(f"{JOBS}/xt-evil") is None
+    events = await eventually(lambda: _events_for(api, "evil"), what="the Warning event")
+    assert any(e["type"] == "Warning" and e["reason"] == "ImageNotAllowed" for e in events)
+
+
+async def test_vm_without_a_runtime_class_is_an_error_not_a_downgrade(api, operator):
+    await api.create(TASKS, task_body("needs-vm", isolation={"minimum": "VM"}))
+    task = await eventually(lambda: _phase(api, "needs-vm", "Error"), what="Error")
+    assert task["status"]["reason"] == "IsolationUnavailable"
+    assert await api.get(f"{JOBS}/xt-needs-vm") is None
+
+
+async def test_an_object_with_our_name_that_we_do_not_own_is_not_adopted(api, operator):
+    await api.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": "xt-squat", "namespace": "ci", "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "x",
+                                                                     "uid": "someone-else", "controller": True}]}})
+    await api.create(TASKS, task_body("squat", network={"policy": "Full"}))
+    task = await eventually(lambda: _phase(api, "squat", "Error"), what="Error")
+    assert task["status"]["reason"] == "NameConflict"
+
+
 async def _phase(api, name, phase):
     task = await api.get(f"{TASKS}/{name}")
     return task if task and (task.get("status") or {}).get("phase") == phase else None
+
+
+async def _absent(api, path):
+    return await api.get(path) is None
+
+
+async def _events_for(api, name):
+    return api.events_for(name)
+
+
+async def _event_reasons(api, name, wanted):
+    reasons = {e.get("reason") for e in await _events_for(api, name)}
+    return reasons if wanted <= reasons else None

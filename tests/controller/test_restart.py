@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from .conftest import JOBS, PODS, TASKS, eventually, running_operator, task_body
+from .test_operator import _phase, pod_body
+
+
+async def test_a_restarted_operator_adopts_instead_of_duplicating(kmock, api, operator_config):
+    async with running_operator(kmock, operator_config):
+        await api.create(TASKS, task_body("survivor"))
+        await eventually(lambda: _phase(api, "survivor", "Scheduled"), what="Scheduled")
+    # While the operator is down, the pod starts and another task arrives.
+    await api.create(PODS, pod_body("survivor", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    await api.create(TASKS, task_body("latecomer"))
+    async with running_operator(kmock, operator_config):
+        await eventually(lambda: _phase(api, "survivor", "Running"), what="Running after the restart")
+        await eventually(lambda: api.get(f"{JOBS}/xt-latecomer"), what="the latecomer's Job")
+        await eventually(lambda: _phase(api, "latecomer", "Scheduled"), what="latecomer Scheduled")
+    jobs = [job["metadata"]["name"] for job in await api.items(JOBS)]
+    assert sorted(jobs) == ["xt-latecomer", "xt-survivor"]
+    task = await api.get(f"{TASKS}/survivor")
+    assert task["status"]["phase"] == "Running"
+    assert len([e for e in api.events_for("survivor") if e["reason"] == "Scheduled"]) == 1
