@@ -103,6 +103,7 @@ class WarmPool:
         self._templates: OrderedDict[tuple, tuple[ExecutionRequest, ResourceLimits]] = OrderedDict()
         self._fillers: dict[tuple, asyncio.Task] = {}
         self.closed = False
+        self._releasing: set[asyncio.Future] = set()
         self.created = 0        # containers ever made for the pool
         self.used: list[str] = []  # names of the warm containers that ran a task (each must appear once)
 
@@ -134,8 +135,14 @@ class WarmPool:
         self._refill(key)
         return WarmRun(self, slot) if slot is not None else None
 
+    def release_later(self, slot: Slot) -> None:
+        task = asyncio.ensure_future(asyncio.to_thread(self.release, slot))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
     async def drain(self) -> None:
         self.closed = True
+        await asyncio.gather(*list(self._releasing), return_exceptions=True)
         for task in self._fillers.values():
             task.cancel()
         await asyncio.gather(*self._fillers.values(), return_exceptions=True)
@@ -259,7 +266,11 @@ class WarmRun:
         finally:
             if self._fifo_fd is not None:
                 os.close(self._fifo_fd)
-            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(self.pool.release, self.slot)))
+            # The task's workspace leaves the slot now; removing the spent container happens off the
+            # task's critical path (close() waits for it).
+            with contextlib.suppress(OSError):
+                _umount(str(self.slot.workspace))
+            self.pool.release_later(self.slot)
         if result.exit_code == 127 and re.search(rb"env: can't execute", result.stderr):
             result = replace(result, reason=TerminationReason.START_FAILED,
                              message=f"{request.argv[0]}: could not be started")
