@@ -72,6 +72,9 @@ class _Zygote:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         package_root = str(Path(__file__).resolve().parents[2])
         env = {"PATH": DEFAULT_PATH, "PYTHONPATH": package_root, "PYTHONDONTWRITEBYTECODE": "1"}
+        if os.environ.get("EXPBUILD_NSINIT_TRACE"):
+            env["EXPBUILD_NSINIT_TRACE"] = os.environ["EXPBUILD_NSINIT_TRACE"]
+            nsinit.open_trace()
         cls._process = subprocess.Popen(
             [sys.executable, "-m", "expbuild_isolation.executors.nsinit", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
@@ -212,6 +215,7 @@ class NamespaceExecutor:
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
+            nsinit.trace("x.send")
             await asyncio.to_thread(_Zygote.send, spec, [out_w, err_w, status_w])
         finally:
             for fd in (out_w, err_w, status_w):
@@ -222,6 +226,7 @@ class NamespaceExecutor:
         outcome["readers"] = readers
         try:
             await asyncio.wait_for(asyncio.shield(readers[2]), request.timeout_seconds)
+            nsinit.trace("x.status")
         except asyncio.TimeoutError:
             outcome["timed_out"] = True
 

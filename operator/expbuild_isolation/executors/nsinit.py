@@ -31,6 +31,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 from . import seccomp
@@ -53,6 +54,19 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<pid> <stage> <monotonic ns>" lines
+
+
+def open_trace() -> None:
+    global _TRACE_FD
+    if _TRACE_FD < 0 and os.environ.get("EXPBUILD_NSINIT_TRACE"):
+        _TRACE_FD = os.open(os.environ["EXPBUILD_NSINIT_TRACE"],
+                            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def trace(stage: str) -> None:
+    if _TRACE_FD >= 0:
+        os.write(_TRACE_FD, f"{os.getpid()} {stage} {time.perf_counter_ns()}\n".encode())
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
@@ -201,6 +215,7 @@ def _drop_privileges(spec: LaunchSpec) -> None:
 def _pid1(spec: LaunchSpec, fds: list[int], status_fd: int) -> None:
     """Runs as pid 1 of the new namespaces; never returns."""
     stage = "setup"
+    trace("p.start")
     try:
         if "mount" in spec.namespaces:
             mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -209,8 +224,11 @@ def _pid1(spec: LaunchSpec, fds: list[int], status_fd: int) -> None:
                 _host_root(root, spec)
             else:
                 _bind(spec.rootfs, root, readonly=False)
+            trace("p.root")
             _populate(root, spec)
+            trace("p.populate")
             _pivot(root)
+            trace("p.pivot")
             if spec.read_only_root:
                 mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
         if "uts" in spec.namespaces:
@@ -220,23 +238,33 @@ def _pid1(spec: LaunchSpec, fds: list[int], status_fd: int) -> None:
         os.chdir(spec.cwd)
         with open("/proc/self/oom_score_adj", "w") as handle:
             handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
+        trace("p.misc")
         _drop_privileges(spec)
+        trace("p.privs")
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
-        os.closerange(3, status_fd)
-        os.closerange(status_fd + 1, 1 << 16)
+        _close_all_but(status_fd, _TRACE_FD)   # both are close-on-exec
         for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         if spec.seccomp_profile:
             seccomp.load_filter(spec.seccomp_profile)
+        trace("p.seccomp")
         stage = "exec"
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except BaseException as exc:  # noqa: BLE001 - anything here is reported, then we die
         with _suppress():
             os.write(status_fd, f"{stage}-error: {exc}\n".encode())
     os._exit(127)
+
+
+def _close_all_but(*keep: int) -> None:
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 class _suppress:
@@ -250,6 +278,7 @@ class _suppress:
 def _waiter(spec: LaunchSpec, fds: list[int]) -> None:
     """The zygote's child: joins the cgroup, unshares, forks pid 1 and reports how it ended."""
     status_fd = fds[2]
+    trace("w.start")
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -257,12 +286,14 @@ def _waiter(spec: LaunchSpec, fds: list[int]) -> None:
         for procs in spec.cgroup_procs:
             with open(procs, "w") as handle:
                 handle.write(me)
+        trace("w.cgroup")
         flags = 0
         for name, flag in (("pid", CLONE_NEWPID), ("mount", CLONE_NEWNS), ("uts", CLONE_NEWUTS),
                            ("ipc", CLONE_NEWIPC), ("net", CLONE_NEWNET)):
             if name in spec.namespaces and not (name == "net" and spec.network == "full"):
                 flags |= flag
         _check(_libc.unshare(flags), "unshare")
+        trace("w.unshare")
         pid = os.fork()
     except BaseException as exc:  # noqa: BLE001
         with _suppress():
@@ -278,6 +309,7 @@ def _waiter(spec: LaunchSpec, fds: list[int]) -> None:
             break
         except InterruptedError:
             continue
+    trace("w.reaped")
     line = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
     with _suppress():
         os.write(status_fd, f"{line}\n".encode())
@@ -290,6 +322,7 @@ def serve(control: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # waiters are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.makedirs(ROOT_MOUNTPOINT, exist_ok=True)
+    open_trace()
     import fcntl  # noqa: F401 - imported once here, not in every forked child
     import pyseccomp  # noqa: F401
     while True:
@@ -299,6 +332,7 @@ def serve(control: socket.socket) -> None:
             continue
         if not message:
             return
+        trace("z.recv")
         try:
             spec = LaunchSpec(**json.loads(message))
             pid = os.fork()
