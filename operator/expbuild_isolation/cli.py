@@ -66,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--peering", default=None, help="kopf peering name for more than one replica")
     operator.add_argument("--standalone", action="store_true", help="no peering (one replica only)")
     operator.set_defaults(func=_operator)
+
+    reapi = sub.add_parser("reapi-worker", help="serve a Remote Execution API server's queue (e.g. BuildGrid)")
+    reapi.add_argument("--server", help="Bots/Execution endpoint, grpc://host:port (default: config server_url)")
+    reapi.add_argument("--cas", help="CAS endpoint if different (default: config cas_url, else --server)")
+    reapi.add_argument("--instance", help="REAPI instance name (default: config instance_name)")
+    reapi.add_argument("--config", type=Path, help="worker TOML file (executors, chain, capacity, isolation floor)")
+    reapi.add_argument("--bot-id", default="", help="stable bot id (default: <worker_id>@<hostname>)")
+    reapi.add_argument("--cache-dir", type=Path, help="local CAS cache (default: <work_dir>/cas)")
+    reapi.add_argument("--cache-size", default="2Gi", help="local CAS cache bound, a quantity (default 2Gi)")
+    reapi.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    reapi.set_defaults(func=_reapi_worker)
     return parser
 
 
@@ -164,6 +175,27 @@ def _operator(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CliError(f"the operator cannot start: {exc}") from None
     run_operator(args.namespace, liveness=args.liveness, peering=args.peering, standalone=args.standalone)
+    return 0
+
+
+def _reapi_worker(args: argparse.Namespace) -> int:
+    try:
+        from .api.quantities import QuantityError, parse_bytes
+        from .worker.reapi import ReapiSettings, run_reapi_worker
+    except ImportError as exc:
+        raise CliError(f"the REAPI worker cannot start: {exc}") from None
+    config = load_worker_config(args.config) if args.config else WorkerConfig()
+    server = args.server or config.server_url
+    if not server:
+        raise CliError("reapi-worker: no server: pass --server grpc://host:port or set server_url in the config")
+    try:
+        cache_bytes = parse_bytes(args.cache_size)
+    except QuantityError as exc:
+        raise CliError(f"--cache-size: {exc}") from None
+    run_reapi_worker(config, ReapiSettings(
+        server=server, cas=args.cas or config.cas_url, instance=args.instance if args.instance is not None
+        else config.instance_name, bot_id=args.bot_id, cache_dir=args.cache_dir, cache_bytes=cache_bytes,
+        metrics_port=args.metrics_port))
     return 0
 
 
