@@ -41,11 +41,12 @@ def request(workspace: Path, script: str, **kw) -> ExecutionRequest:
                             workspace=workspace, timeout_seconds=kw.pop("timeout", 20), **kw)
 
 
-def our_cgroups() -> list[Path]:
+def our_cgroups(*, spares: bool = False) -> list[Path]:
+    """Task cgroups under PARENT; idle spares (launchers waiting for a task, named spare-*) only if asked."""
     found = []
     for base in [cgroups.CGROUP_ROOT / c for c in cgroups.V1_CONTROLLERS] + [cgroups.v2_root() or Path("/nonexistent")]:
         if (base / PARENT).is_dir():
-            found += [p for p in (base / PARENT).iterdir() if p.is_dir()]
+            found += [p for p in (base / PARENT).iterdir() if p.is_dir() and p.name.startswith("spare-") == spares]
     return found
 
 

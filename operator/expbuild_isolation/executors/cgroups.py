@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CgroupError", "CgroupStats", "TaskCgroup", "detect_version", "sweep", "v2_controllers"]
+__all__ = ["CgroupError", "CgroupStats", "TaskCgroup", "cgroup_name", "detect_version", "sweep", "v2_controllers"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer", "blkio")
@@ -86,6 +86,11 @@ def _safe_name(task_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:80] or "task"
 
 
+def cgroup_name(task_id: str, unique: str = "") -> str:
+    """``<task>[<unique>].<owner pid>``: the sweep reads the owner from the suffix."""
+    return f"{_safe_name(task_id)}{unique}.{os.getpid()}"
+
+
 @dataclass
 class TaskCgroup:
     """One task's cgroup in every hierarchy it needs."""
@@ -98,7 +103,7 @@ class TaskCgroup:
     def create(cls, task_id: str, *, parent: str = "expbuild", version: int | None = None,
                root: Path = CGROUP_ROOT, unique: str = "") -> TaskCgroup:
         version = version or detect_version(root)
-        name = f"{_safe_name(task_id)}{unique}.{os.getpid()}"
+        name = cgroup_name(task_id, unique)
         if version == 2:
             base = v2_root(root)
             assert base is not None
@@ -128,6 +133,23 @@ class TaskCgroup:
                 seen.add(real)
                 group.procs_files.append(directory / "cgroup.procs")
         return group
+
+    def rename(self, task_id: str, unique: str = "") -> None:
+        """Give the cgroup a task's name (a spare made before its task was known). Best effort: cgroup v1
+        allows rename(2) within a parent, v2 may refuse; a directory that cannot be renamed keeps its name,
+        which still ends with the owner's pid."""
+        name = cgroup_name(task_id, unique)
+        renamed: dict[str, Path] = {}
+        moved: dict[Path, Path] = {}
+        for key, directory in self.dirs.items():
+            target = directory.with_name(name)
+            try:
+                os.rename(directory, target)
+            except OSError:
+                target = directory
+            renamed[key] = moved[directory] = target
+        self.dirs = renamed
+        self.procs_files = [moved.get(p.parent, p.parent) / p.name for p in self.procs_files]
 
     def set_limits(self, *, memory_bytes: int | None, max_processes: int | None, cpu_cores: float | None) -> None:
         if self.version == 2:
@@ -163,17 +185,21 @@ class TaskCgroup:
 
     def kill(self, *, wait_seconds: float = 5.0) -> None:
         """SIGKILL every process in the cgroup, including ones forked while we kill; wait until empty."""
+        if not self.pids():
+            return   # nothing inside can fork, and nothing outside writes our cgroup.procs
         if self.version == 2 and (self.dirs["unified"] / "cgroup.kill").exists():
             with contextlib.suppress(CgroupError):
                 _write(self.dirs["unified"] / "cgroup.kill", "1")
         else:
             _kill_v1(self.dirs.get("freezer"), self.pids)
         deadline = time.monotonic() + wait_seconds
-        while self.pids() and time.monotonic() < deadline:
-            for pid in self.pids():
+        pause = 0.0002
+        while (left := self.pids()) and time.monotonic() < deadline:
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
+            time.sleep(pause)   # exiting tasks leave within microseconds to milliseconds
+            pause = min(pause * 2, 0.005)
 
     def is_empty(self) -> bool:
         return not self.pids()
@@ -187,7 +213,8 @@ class TaskCgroup:
             self.kill()
         problems = []
         for directory in self.dirs.values():
-            for _ in range(50):
+            pause = 0.0005
+            for _ in range(60):
                 try:
                     directory.rmdir()
                     break
@@ -197,7 +224,8 @@ class TaskCgroup:
                     if exc.errno != errno.EBUSY:
                         problems.append(f"{directory}: {exc.strerror}")
                         break
-                    time.sleep(0.01)  # the last exiting task is still being released
+                    time.sleep(pause)  # the last exiting task is still being released
+                    pause = min(pause * 2, 0.01)
             else:
                 problems.append(f"{directory}: still busy")
         if problems:

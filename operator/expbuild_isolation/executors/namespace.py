@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..api.task import IsolationLevel, NetworkMode
@@ -43,31 +45,89 @@ from .workspace import collect_outputs
 DISK_ROOT = Path(nsinit.LAUNCH_ROOT) / "disk"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _sequence = itertools.count()
+SPARES_PER_SHAPE = int(os.environ.get("EXPBUILD_NAMESPACE_SPARES", "2"))   # 0: every task waits for its own
+SPARE_MAX_AGE = 60.0
 
 
 class _Zygote:
-    """The process-wide launcher; restarted if it dies."""
+    """The process-wide launcher; restarted if it dies (which invalidates the spares it held)."""
 
     _lock = threading.Lock()
     _process: subprocess.Popen | None = None
     _socket: socket.socket | None = None
+    generation = 0
+    _slots = itertools.count()
 
     @classmethod
-    def send(cls, spec: nsinit.LaunchSpec, fds: list[int]) -> None:
+    def _alive(cls) -> bool:
+        return cls._process is not None and cls._process.poll() is None
+
+    @classmethod
+    def _send(cls, message: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+        assert cls._socket is not None
+        socket.send_fds(cls._socket, [json.dumps(message).encode()], list(fds))
+
+    @classmethod
+    def prepare(cls, prepared: nsinit.Prepared) -> tuple[int, int]:
+        """Fork a spare that joins ``prepared.cgroup_procs`` (sent open: the cgroup may be renamed before
+        the spare gets to it); returns (generation, slot)."""
+        fds: list[int] = []
+        try:
+            for procs in prepared.cgroup_procs:
+                fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise cgroups.CgroupError(f"cannot open {procs}: {exc.strerror}") from None
+        try:
+            with cls._lock:
+                for attempt in range(2):
+                    if not cls._alive():
+                        cls._start()
+                    slot = next(cls._slots)
+                    try:
+                        cls._send({"op": "prepare", "slot": slot, "prepared": asdict(prepared)}, fds)
+                        return cls.generation, slot
+                    except OSError:
+                        if attempt:
+                            raise
+                        cls._stop()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def launch(cls, generation: int, slot: int, spec: nsinit.LaunchSpec, fds: list[int]) -> bool:
+        """Hand a task to a spare; False if the zygote that held it is gone (the caller makes a new one)."""
         with cls._lock:
-            for attempt in range(2):
-                if cls._process is None or cls._process.poll() is not None:
-                    cls._start()
-                try:
-                    socket.send_fds(cls._socket, [spec.to_bytes()], fds)
-                    return
-                except OSError:
-                    if attempt:
-                        raise
-                    cls._process = None
+            if generation != cls.generation or not cls._alive():
+                return False
+            try:
+                cls._send({"op": "launch", "slot": slot, "spec": asdict(spec)}, fds)
+            except OSError:
+                cls._stop()
+                return False
+            return True
+
+    @classmethod
+    def discard(cls, generation: int, slot: int) -> None:
+        with cls._lock:
+            if generation == cls.generation and cls._alive():
+                with contextlib.suppress(OSError):
+                    cls._send({"op": "discard", "slot": slot})
+
+    @classmethod
+    def _stop(cls) -> None:
+        if cls._process is not None and cls._process.poll() is None:
+            cls._process.kill()
+        if cls._socket is not None:
+            cls._socket.close()
+        cls._process = cls._socket = None
 
     @classmethod
     def _start(cls) -> None:
+        cls._stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         package_root = str(Path(__file__).resolve().parents[2])
@@ -80,12 +140,122 @@ class _Zygote:
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
         cls._socket = ours
+        cls.generation += 1
 
     @classmethod
     def ensure(cls) -> None:
         with cls._lock:
-            if cls._process is None or cls._process.poll() is not None:
+            if not cls._alive():
                 cls._start()
+
+
+@dataclass
+class _Spare:
+    generation: int
+    slot: int
+    group: cgroups.TaskCgroup
+    made: float
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a spare is built for; a task whose shape differs gets a spare made on the spot."""
+
+    parent: str
+    namespaces: tuple[str, ...]
+    rootfs: str
+    shm_size_bytes: int
+
+
+class _SparePool:
+    """Process-wide spares: a launcher child per shape that has already joined a fresh cgroup, unshared
+    its namespaces and built the generic part of the root, waiting for a task. Taking one removes the
+    cgroup join (an RCU grace period on cgroup v1), the forks, unshare and ~30 mounts from a task's
+    start; one daemon thread refills. A spare older than ``SPARE_MAX_AGE`` is replaced (its binds of the
+    host's /etc files would be stale)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spares: dict[_Shape, list[_Spare]] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self, shape: _Shape) -> _Spare | None:
+        while True:
+            with self._lock:
+                spares = self._spares.setdefault(shape, [])
+                spare = spares.pop(0) if spares else None
+            if spare is None:
+                return None
+            if spare.generation == _Zygote.generation and time.monotonic() - spare.made < SPARE_MAX_AGE:
+                return spare
+            self._drop(spare)
+
+    def want(self, shape: _Shape) -> None:
+        with self._lock:
+            self._spares.setdefault(shape, [])
+        self._kick()
+
+    def fill(self, shape: _Shape) -> None:
+        """Make spares for ``shape`` until there are SPARES_PER_SHAPE (in the calling thread)."""
+        with self._lock:
+            self._spares.setdefault(shape, [])
+        while True:
+            with self._lock:
+                if len(self._spares[shape]) >= SPARES_PER_SHAPE:
+                    return
+            spare = make_spare(shape)
+            with self._lock:
+                self._spares[shape].append(spare)
+
+    def _kick(self) -> None:
+        if SPARES_PER_SHAPE <= 0:
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="namespace-spares", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(timeout=SPARE_MAX_AGE / 2)
+            self._wake.clear()
+            with self._lock:
+                shapes = list(self._spares)
+                stale = []
+                for spares in self._spares.values():
+                    keep = [s for s in spares if s.generation == _Zygote.generation
+                            and time.monotonic() - s.made < SPARE_MAX_AGE]
+                    stale += [s for s in spares if s not in keep]
+                    spares[:] = keep
+            for spare in stale:
+                self._drop(spare)
+            for shape in shapes:
+                try:
+                    self.fill(shape)
+                except (cgroups.CgroupError, OSError):
+                    continue   # tried again on the next task or in SPARE_MAX_AGE / 2
+
+    @staticmethod
+    def _drop(spare: _Spare) -> None:
+        _Zygote.discard(spare.generation, spare.slot)
+        _quietly(spare.group.remove)
+
+
+def make_spare(shape: _Shape) -> _Spare:
+    """A fresh cgroup (no limits yet) and a spare launcher inside it."""
+    group = cgroups.TaskCgroup.create("spare", parent=shape.parent, unique=f"-{next(_sequence)}")
+    try:
+        generation, slot = _Zygote.prepare(nsinit.Prepared(
+            cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
+            rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes))
+    except BaseException:
+        _quietly(group.remove)
+        raise
+    return _Spare(generation, slot, group, time.monotonic())
+
+
+_POOL = _SparePool()
 
 
 class NamespaceExecutor:
@@ -120,6 +290,8 @@ class NamespaceExecutor:
 
     async def warmup(self) -> None:
         await self.health_check()
+        if SPARES_PER_SHAPE > 0:
+            await asyncio.to_thread(_POOL.fill, self._shape(NetworkMode.NONE))
 
     def sweep(self) -> None:
         """Remove what a crashed worker left: cgroups (killing their processes) and disk tmpfs mounts."""
@@ -138,9 +310,11 @@ class NamespaceExecutor:
         limits = request.limits.merged_over(self._defaults)
         started = time.monotonic()
         unique = f"-{next(_sequence)}"
-        group = await asyncio.to_thread(self._make_cgroup, request.task_id, unique, limits)
+        shape = self._shape(request.limits.network.mode)
+        spare = await asyncio.to_thread(self._claim, request.task_id, unique, limits, shape)
+        group = spare.group
         disk = None
-        outcome: dict = {"timed_out": False, "readers": []}
+        outcome: dict = {"timed_out": False, "readers": [], "launched": False}
         try:
             workspace = request.workspace
             if limits.disk_bytes is not None:
@@ -149,14 +323,19 @@ class NamespaceExecutor:
             elif request.run_as_user is not None:
                 await asyncio.to_thread(_chown_tree, workspace, request.run_as_user)
             spec = self._spec(request, workspace, group, profile, disk)
-            await self._run(spec, request, outcome)
+            await self._run(spec, request, outcome, spare, shape)
         finally:
-            await asyncio.to_thread(group.kill)
+            if not outcome["launched"]:
+                _Zygote.discard(spare.generation, spare.slot)
+            nsinit.trace("x.end", spare.slot)
+            stats = await asyncio.to_thread(_end, group)
+            nsinit.trace("x.ended", spare.slot)
             outcome["results"] = await _finish(outcome["readers"])
-            stats = await asyncio.to_thread(group.stats)
-            await asyncio.to_thread(_quietly, group.remove)
             if disk is not None:
                 await asyncio.to_thread(_copy_back_and_remove, disk, request.workspace)
+        nsinit.trace("x.done", spare.slot)
+        if SPARES_PER_SHAPE > 0:
+            _POOL.want(shape)   # replaced now that this task is done, not while it starts
         files, problems = collect_outputs(request.workspace, request.output_paths)
         return self._result(request, outcome, stats, time.monotonic() - started, files, problems)
 
@@ -182,26 +361,58 @@ class NamespaceExecutor:
             return f"rootfs {self.config.rootfs!r} has no bin/; set rootfs to \"host\" or a root filesystem directory"
         return None
 
-    def _make_cgroup(self, task_id: str, unique: str, limits) -> cgroups.TaskCgroup:  # type: ignore[no-untyped-def]
+    def _namespaces(self) -> list[str]:
+        return [name for name, on in (("pid", self.config.use_pid_namespace),
+                                      ("mount", self.config.use_mount_namespace),
+                                      ("net", self.config.use_network_namespace),
+                                      ("uts", self.config.use_uts_namespace),
+                                      ("ipc", self.config.use_ipc_namespace)) if on]
+
+    def _shape(self, network: NetworkMode) -> _Shape:
+        return _Shape(self.cgroup_parent, tuple(nsinit.effective_namespaces(self._namespaces(), _NETWORK[network])),
+                      self.config.rootfs, self.config.tmp_size_bytes)
+
+    def _claim(self, task_id: str, unique: str, limits, shape: _Shape) -> _Spare:  # type: ignore[no-untyped-def]
+        """The task's cgroup, limited, with a launcher in it: a spare from the pool, else one made now.
+
+        A made-now cgroup gets its limits before anything joins it; a spare's cgroup holds only the
+        launcher (its own code, no task yet) when the limits are set, before the task is handed over.
+        """
+        spare = _POOL.take(shape) if SPARES_PER_SHAPE > 0 else None
+        if spare is not None:
+            try:
+                self._limit(spare.group, limits)
+            except cgroups.CgroupError:
+                _POOL._drop(spare)  # noqa: SLF001
+                spare = None
+            else:
+                spare.group.rename(task_id, unique)
+                return spare
         group = cgroups.TaskCgroup.create(task_id, parent=self.cgroup_parent, unique=unique)
         try:
-            group.set_limits(memory_bytes=limits.memory_bytes, max_processes=limits.max_processes,
-                             cpu_cores=limits.cpu_cores)
-        except cgroups.CgroupError:
-            group.remove()
+            self._limit(group, limits)
+            return self._spare_in(group, shape)
+        except BaseException:
+            _quietly(group.remove)
             raise
-        return group
+
+    @staticmethod
+    def _limit(group: cgroups.TaskCgroup, limits) -> None:  # type: ignore[no-untyped-def]
+        group.set_limits(memory_bytes=limits.memory_bytes, max_processes=limits.max_processes,
+                         cpu_cores=limits.cpu_cores)
+
+    @staticmethod
+    def _spare_in(group: cgroups.TaskCgroup, shape: _Shape) -> _Spare:
+        generation, slot = _Zygote.prepare(nsinit.Prepared(
+            cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
+            rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes))
+        return _Spare(generation, slot, group, time.monotonic())
 
     def _spec(self, request: ExecutionRequest, workspace: Path, group: cgroups.TaskCgroup, profile: str | None,
               disk: Path | None) -> nsinit.LaunchSpec:
         env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "TMPDIR": "/tmp", **request.env}
-        namespaces = [name for name, on in (("pid", self.config.use_pid_namespace),
-                                            ("mount", self.config.use_mount_namespace),
-                                            ("net", self.config.use_network_namespace),
-                                            ("uts", self.config.use_uts_namespace),
-                                            ("ipc", self.config.use_ipc_namespace)) if on]
-        network = {NetworkMode.NONE: "none", NetworkMode.LOCALHOST: "localhost",
-                   NetworkMode.FULL: "full"}[request.limits.network.mode]
+        namespaces = self._namespaces()
+        network = _NETWORK[request.limits.network.mode]
         uid = request.run_as_user
         return nsinit.LaunchSpec(
             argv=list(request.argv), env=env, cwd=str(Path("/workspace", request.working_dir)),
@@ -210,13 +421,18 @@ class NamespaceExecutor:
             network=network, uid=uid, gid=uid, seccomp_profile=profile, read_only_root=request.read_only_root,
             namespaces=namespaces)
 
-    async def _run(self, spec: nsinit.LaunchSpec, request: ExecutionRequest, outcome: dict) -> None:
+    async def _run(self, spec: nsinit.LaunchSpec, request: ExecutionRequest, outcome: dict, spare: _Spare,
+                   shape: _Shape) -> None:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
-            nsinit.trace("x.send")
-            await asyncio.to_thread(_Zygote.send, spec, [out_w, err_w, status_w])
+            nsinit.trace("x.send", spare.slot)
+            launched = _Zygote.launch(spare.generation, spare.slot, spec, [out_w, err_w, status_w])
+            if not launched:   # the zygote holding the spare died: a new launcher in the same cgroup
+                retry = await asyncio.to_thread(self._spare_in, spare.group, shape)
+                launched = _Zygote.launch(retry.generation, retry.slot, spec, [out_w, err_w, status_w])
+            outcome["launched"] = launched
         finally:
             for fd in (out_w, err_w, status_w):
                 os.close(fd)
@@ -226,7 +442,7 @@ class NamespaceExecutor:
         outcome["readers"] = readers
         try:
             await asyncio.wait_for(asyncio.shield(readers[2]), request.timeout_seconds)
-            nsinit.trace("x.status")
+            nsinit.trace("x.status", spare.slot)
         except asyncio.TimeoutError:
             outcome["timed_out"] = True
 
@@ -288,6 +504,18 @@ async def _read_bounded(fd: int, limit: int) -> tuple[bytes, bool]:
     finally:
         transport.close()
     return bytes(kept), truncated
+
+
+_NETWORK = {NetworkMode.NONE: "none", NetworkMode.LOCALHOST: "localhost", NetworkMode.FULL: "full",
+            NetworkMode.RESTRICTED: "none"}
+
+
+def _end(group: cgroups.TaskCgroup) -> cgroups.CgroupStats:
+    """Kill what is left in the task's cgroup, read what it used, remove it."""
+    group.kill()
+    stats = group.stats()
+    _quietly(group.remove)
+    return stats
 
 
 def _quietly(func) -> None:  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import json
 import os
 import platform
@@ -45,6 +46,8 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+NAMESPACE_FLAGS = {"pid": CLONE_NEWPID, "mount": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
+                   "net": CLONE_NEWNET}
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
@@ -54,7 +57,7 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<pid> <stage> <monotonic ns>" lines
+_TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<slot> <stage> <monotonic ns>" lines
 
 
 def open_trace() -> None:
@@ -64,9 +67,9 @@ def open_trace() -> None:
                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def trace(stage: str) -> None:
+def trace(stage: str, slot: int = -1) -> None:
     if _TRACE_FD >= 0:
-        os.write(_TRACE_FD, f"{os.getpid()} {stage} {time.perf_counter_ns()}\n".encode())
+        os.write(_TRACE_FD, f"{slot} {stage} {time.perf_counter_ns()}\n".encode())
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
@@ -122,7 +125,17 @@ def _write(path: str, text: str) -> None:
         handle.write(text)
 
 
-def _host_root(root: str, spec: LaunchSpec) -> None:
+def _bind_file(source: str, target: str) -> None:
+    if os.path.isdir(source) and not os.path.islink(source):
+        os.mkdir(target)
+    elif os.path.exists(source):
+        _touch(target)
+    else:
+        return
+    _bind(source, target, readonly=True)
+
+
+def _host_root(root: str) -> None:
     """A fresh tmpfs root holding read-only binds of the host's programs and a minimal /etc."""
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     for path in HOST_DIRS:
@@ -133,15 +146,15 @@ def _host_root(root: str, spec: LaunchSpec) -> None:
             os.mkdir(target)
             _bind(path, target, readonly=True)
     os.mkdir(f"{root}/etc")
-    for name in ETC_BINDS + (("resolv.conf", "hosts") if spec.network == "full" else ()):
-        source = f"/etc/{name}"
-        if os.path.isdir(source) and not os.path.islink(source):
-            os.mkdir(f"{root}/etc/{name}")
-        elif os.path.exists(source):
-            _touch(f"{root}/etc/{name}")
-        else:
-            continue
-        _bind(source, f"{root}/etc/{name}", readonly=True)
+    for name in ETC_BINDS:
+        _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
+
+
+def _host_etc(root: str, spec: LaunchSpec) -> None:
+    """The parts of /etc that depend on the task: users, hostname, and the host's resolver for Full networking."""
+    if spec.network == "full":
+        for name in ("resolv.conf", "hosts"):
+            _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
     uid = spec.uid if spec.uid is not None else 0
     gid = spec.gid if spec.gid is not None else 0
     users = {0: "root", 65534: "nobody", uid: "expbuild" if uid not in (0, 65534) else ("root", "nobody")[uid != 0]}
@@ -154,15 +167,10 @@ def _host_root(root: str, spec: LaunchSpec) -> None:
     _write(f"{root}/etc/hostname", spec.hostname + "\n")
 
 
-def _populate(root: str, spec: LaunchSpec) -> None:
+def _populate(root: str, shm_size: int) -> None:
+    """What every task's root has: mount points, /proc (masked), a minimal read-only /dev."""
     for name in ("workspace", "proc", "dev", "tmp"):
         os.makedirs(f"{root}/{name}", exist_ok=True)
-    _bind(spec.workspace, f"{root}/workspace", readonly=False)
-    if spec.tmp_source:
-        _bind(spec.tmp_source, f"{root}/tmp", readonly=False, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    else:
-        mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              f"size={spec.tmp_size_bytes},mode=1777")
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for masked in ("sys", "sysrq-trigger", "irq", "bus"):
         if os.path.exists(f"{root}/proc/{masked}"):
@@ -177,8 +185,18 @@ def _populate(root: str, spec: LaunchSpec) -> None:
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{dev}/{name}")
     os.mkdir(f"{dev}/shm")
-    mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={spec.tmp_size_bytes},mode=1777")
+    mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={shm_size},mode=1777")
     mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
+
+
+def _task_mounts(root: str, spec: LaunchSpec) -> None:
+    """The task's own directories: the workspace and /tmp."""
+    _bind(spec.workspace, f"{root}/workspace", readonly=False)
+    if spec.tmp_source:
+        _bind(spec.tmp_source, f"{root}/tmp", readonly=False, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    else:
+        mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              f"size={spec.tmp_size_bytes},mode=1777")
 
 
 def _pivot(root: str) -> None:
@@ -212,35 +230,79 @@ def _drop_privileges(spec: LaunchSpec) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _pid1(spec: LaunchSpec, fds: list[int], status_fd: int) -> None:
-    """Runs as pid 1 of the new namespaces; never returns."""
-    stage = "setup"
-    trace("p.start")
+def effective_namespaces(namespaces: list[str], network: str) -> list[str]:
+    """The namespaces a task gets: Full networking shares the host's network namespace."""
+    return [name for name in NAMESPACE_FLAGS if name in namespaces and not (name == "net" and network == "full")]
+
+
+@dataclass
+class Prepared:
+    """What a spare builds before its task is known (the executor keeps spares per shape)."""
+
+    cgroup_procs: list[str]      # for messages: the message carries these files opened for writing (so a
+    namespaces: list[str]        # rename does not matter); effective namespaces: the spec's must be the same
+    rootfs: str = "host"
+    shm_size_bytes: int = 64 << 20
+
+
+def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.socket, priority: int) -> None:
+    """pid 1 of the new namespaces: builds the root, waits for its task, finishes the sandbox and execs.
+
+    Never returns.
+    """
+    trace("p.start", slot)
+    problem: BaseException | None = None
+    root = ROOT_MOUNTPOINT
     try:
-        if "mount" in spec.namespaces:
+        if "mount" in prep.namespaces:
             mount(None, "/", None, MS_REC | MS_PRIVATE)
-            root = ROOT_MOUNTPOINT
-            if spec.rootfs == "host":
-                _host_root(root, spec)
+            if prep.rootfs == "host":
+                _host_root(root)
             else:
-                _bind(spec.rootfs, root, readonly=False)
-            trace("p.root")
-            _populate(root, spec)
-            trace("p.populate")
+                _bind(prep.rootfs, root, readonly=False)
+            _populate(root, prep.shm_size_bytes)
+    except BaseException as exc:  # noqa: BLE001 - reported to the task that comes for this spare
+        problem = exc
+    trace("p.prepared", slot)
+    try:
+        message, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 3)
+    except OSError:
+        os._exit(0)
+    if not message or len(fds) != 3:
+        os._exit(0)   # the zygote discarded this spare (or died)
+    status_fd = fds[2]
+    for fd in fds:
+        os.set_inheritable(fd, False)   # SCM_RIGHTS delivers inheritable fds: the task must not hold the status pipe
+    trace("p.launch", slot)
+    stage = "setup"
+    try:
+        os.setpriority(os.PRIO_PGRP, 0, priority)   # the task and its waiter (our group) at the worker's priority
+        socket.send_fds(to_waiter, [b"s"], [status_fd])
+        to_waiter.close()
+        tasks.close()
+        if problem is not None:
+            raise problem
+        spec = LaunchSpec(**json.loads(message))
+        if effective_namespaces(spec.namespaces, spec.network) != prep.namespaces or spec.rootfs != prep.rootfs:
+            raise RuntimeError("launcher: the task does not fit the spare it was sent to")
+        if "mount" in prep.namespaces:
+            if spec.rootfs == "host":
+                _host_etc(root, spec)
+            _task_mounts(root, spec)
+            trace("p.mounts", slot)
             _pivot(root)
-            trace("p.pivot")
             if spec.read_only_root:
                 mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        if "uts" in spec.namespaces:
+            trace("p.pivot", slot)
+        if "uts" in prep.namespaces:
             socket.sethostname(spec.hostname)
-        if spec.network == "localhost" and "net" in spec.namespaces:
+        if spec.network == "localhost" and "net" in prep.namespaces:
             _loopback_up()
         os.chdir(spec.cwd)
         with open("/proc/self/oom_score_adj", "w") as handle:
             handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
-        trace("p.misc")
         _drop_privileges(spec)
-        trace("p.privs")
+        trace("p.privs", slot)
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(fds[0], 1)
@@ -249,8 +311,11 @@ def _pid1(spec: LaunchSpec, fds: list[int], status_fd: int) -> None:
         for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         if spec.seccomp_profile:
-            seccomp.load_filter(spec.seccomp_profile)
-        trace("p.seccomp")
+            program = _FILTERS.get(spec.seccomp_profile)
+            if program is None:
+                program = seccomp.compile_filter(spec.seccomp_profile)
+            seccomp.load_compiled(program)
+        trace("p.seccomp", slot)
         stage = "exec"
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except BaseException as exc:  # noqa: BLE001 - anything here is reported, then we die
@@ -275,76 +340,136 @@ class _suppress:
         return True
 
 
-def _waiter(spec: LaunchSpec, fds: list[int]) -> None:
-    """The zygote's child: joins the cgroup, unshares, forks pid 1 and reports how it ended."""
-    status_fd = fds[2]
-    trace("w.start")
+def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int]) -> None:
+    """The zygote's child, made before its task is known: joins the task cgroup, unshares, forks pid 1.
+
+    Joining a cgroup v1 hierarchy waits for an RCU grace period (milliseconds,
+    tens of them on a loaded machine): a spare pays it before the task arrives.
+    Then it waits for pid 1 and reports how it ended on the task's status pipe.
+    Never returns.
+    """
+    trace("s.start", slot)
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
     try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(priority + SPARE_NICE, 19))   # yield to running tasks
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        me = str(os.getpid())
-        for procs in spec.cgroup_procs:
-            with open(procs, "w") as handle:
-                handle.write(me)
-        trace("w.cgroup")
+        me = str(os.getpid()).encode()
+        for procs, fd in zip(prep.cgroup_procs, cgroup_fds, strict=True):
+            try:
+                os.write(fd, me)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot join cgroup {procs}: {exc.strerror}") from None
+            os.close(fd)
+        trace("s.cgroup", slot)
         flags = 0
-        for name, flag in (("pid", CLONE_NEWPID), ("mount", CLONE_NEWNS), ("uts", CLONE_NEWUTS),
-                           ("ipc", CLONE_NEWIPC), ("net", CLONE_NEWNET)):
-            if name in spec.namespaces and not (name == "net" and spec.network == "full"):
-                flags |= flag
+        for name in prep.namespaces:
+            flags |= NAMESPACE_FLAGS[name]
         _check(_libc.unshare(flags), "unshare")
-        trace("w.unshare")
+        from_pid1, to_waiter = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
-    except BaseException as exc:  # noqa: BLE001
-        with _suppress():
-            os.write(status_fd, f"setup-error: {exc}\n".encode())
-        os._exit(127)
+    except BaseException as exc:  # noqa: BLE001 - told to the task that comes for this spare
+        _fail_when_launched(tasks, f"setup-error: {exc}")
     if pid == 0:
-        _pid1(spec, fds, status_fd)
-    os.close(fds[0])
-    os.close(fds[1])
+        from_pid1.close()
+        _pid1(prep, slot, tasks, to_waiter, priority)
+    tasks.close()
+    to_waiter.close()
+    status_fd = -1
+    try:
+        _, fds, _, _ = socket.recv_fds(from_pid1, 16, 1)
+        status_fd = fds[0] if fds else -1
+    except OSError:
+        pass
+    from_pid1.close()
     while True:
         try:
             _, status = os.waitpid(pid, 0)
             break
         except InterruptedError:
             continue
-    trace("w.reaped")
-    line = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
-    with _suppress():
-        os.write(status_fd, f"{line}\n".encode())
+    trace("s.reaped", slot)
+    if status_fd >= 0:
+        line = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        with _suppress():
+            os.write(status_fd, f"{line}\n".encode())
+    trace("s.exit", slot)
     os._exit(0)
 
 
+def _fail_when_launched(tasks: socket.socket, line: str) -> None:
+    with _suppress():
+        _, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 3)
+        if len(fds) == 3:
+            os.write(fds[2], f"{line}\n".encode())
+    os._exit(127)
+
+
+SPARE_NICE = 0   # a spare builds its sandbox at a lower CPU priority than the tasks already running
+_FILTERS: dict[str, bytes] = {}   # profile -> compiled BPF, built once in the zygote
+
+
 def serve(control: socket.socket) -> None:
-    """The zygote loop: one launch per message, until the worker closes the socket."""
+    """The zygote loop, until the worker closes the socket. Messages (JSON, SOCK_SEQPACKET):
+
+    ``{"op": "prepare", "slot": N, "prepared": {...}}``: fork a spare for slot N;
+    ``{"op": "launch", "slot": N, "spec": {...}}`` with the task's stdout, stderr
+    and status pipes: hand them to slot N's spare; ``{"op": "discard", "slot": N}``.
+    """
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # waiters are reaped by the kernel
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # spares are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.makedirs(ROOT_MOUNTPOINT, exist_ok=True)
     open_trace()
     import fcntl  # noqa: F401 - imported once here, not in every forked child
-    import pyseccomp  # noqa: F401
+    for name in seccomp.PROFILES:
+        with _suppress():
+            _FILTERS[name] = seccomp.compile_filter(name)
+    gc.collect()
+    gc.freeze()    # forked children do not touch (and so copy) the zygote's objects for the collector
+    gc.disable()
+    slots: dict[int, socket.socket] = {}
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 3)
+            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
         except InterruptedError:
             continue
         if not message:
             return
-        trace("z.recv")
         try:
-            spec = LaunchSpec(**json.loads(message))
-            pid = os.fork()
+            request = json.loads(message)
+            op, slot = request["op"], request["slot"]
+            if op == "prepare":
+                prep = Prepared(**request["prepared"])
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                if os.fork() == 0:
+                    control.close()
+                    ours.close()
+                    for other in slots.values():
+                        other.close()
+                    _spare(prep, slot, theirs, fds)
+                theirs.close()
+                slots[slot] = ours
+            elif op == "launch":
+                trace("z.launch", slot)
+                if len(fds) != 3:
+                    raise RuntimeError(f"a launch carries 3 pipes, not {len(fds)}")
+                sock = slots.pop(slot, None)
+                if sock is None:
+                    raise RuntimeError(f"no spare for slot {slot}")
+                with sock:
+                    socket.send_fds(sock, [json.dumps(request["spec"]).encode()], fds)
+            elif op == "discard":
+                sock = slots.pop(slot, None)
+                if sock is not None:
+                    sock.close()
         except BaseException as exc:  # noqa: BLE001
-            with _suppress():
-                os.write(fds[2], f"setup-error: launcher: {exc}\n".encode())
-            pid = -1
-        if pid == 0:
-            control.close()
-            _waiter(spec, fds)
-        for fd in fds:
-            os.close(fd)
+            if len(fds) == 3:
+                with _suppress():
+                    os.write(fds[2], f"setup-error: launcher: {exc}\n".encode())
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 def main(argv: list[str]) -> int:
