@@ -176,6 +176,13 @@ class TaskCgroup:
             _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(cpu_cores * CPU_PERIOD_US))))
 
+    def _first_pids(self) -> bool:
+        """Whether the first hierarchy still lists a process (one read: every hierarchy holds the same ones)."""
+        try:
+            return bool(self.procs_files[0].read_bytes().strip()) if self.procs_files else False
+        except OSError:
+            return False
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for procs in self.procs_files:
@@ -183,8 +190,18 @@ class TaskCgroup:
                 found.update(int(line) for line in procs.read_text().split())
         return found
 
-    def kill(self, *, wait_seconds: float = 5.0) -> None:
-        """SIGKILL every process in the cgroup, including ones forked while we kill; wait until empty."""
+    def kill(self, *, wait_seconds: float = 5.0, settle_seconds: float = 0.0) -> None:
+        """SIGKILL every process in the cgroup, including ones forked while we kill; wait until empty.
+
+        ``settle_seconds``: the caller knows that what is left is exiting anyway (say, a launcher that
+        has reported its task's end); wait up to that long for it to leave before freezing the cgroup.
+        """
+        if settle_seconds > 0:
+            deadline = time.monotonic() + settle_seconds
+            pause = 0.0001
+            while self._first_pids() and time.monotonic() < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
         if not self.pids():
             return   # nothing inside can fork, and nothing outside writes our cgroup.procs
         if self.version == 2 and (self.dirs["unified"] / "cgroup.kill").exists():

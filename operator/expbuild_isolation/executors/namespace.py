@@ -50,12 +50,12 @@ SPARE_MAX_AGE = 60.0
 
 
 class _Zygote:
-    """The process-wide launcher; restarted if it dies (which invalidates the spares it held)."""
+    """The process-wide launcher; restarted if it dies. It only forks spares: a task goes straight from
+    the executor to its spare's socket, so the spares made by a zygote that died still work."""
 
     _lock = threading.Lock()
     _process: subprocess.Popen | None = None
     _socket: socket.socket | None = None
-    generation = 0
     _slots = itertools.count()
 
     @classmethod
@@ -63,59 +63,39 @@ class _Zygote:
         return cls._process is not None and cls._process.poll() is None
 
     @classmethod
-    def _send(cls, message: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
-        assert cls._socket is not None
-        socket.send_fds(cls._socket, [json.dumps(message).encode()], list(fds))
-
-    @classmethod
-    def prepare(cls, prepared: nsinit.Prepared) -> tuple[int, int]:
+    def prepare(cls, prepared: nsinit.Prepared) -> tuple[int, socket.socket]:
         """Fork a spare that joins ``prepared.cgroup_procs`` (sent open: the cgroup may be renamed before
-        the spare gets to it); returns (generation, slot)."""
+        the spare gets to it); returns its slot number (for traces) and the socket its task goes to."""
         fds: list[int] = []
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            fds.append(theirs.detach())
             for procs in prepared.cgroup_procs:
-                fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
-        except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            raise cgroups.CgroupError(f"cannot open {procs}: {exc.strerror}") from None
-        try:
+                try:
+                    fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
+                except OSError as exc:
+                    raise cgroups.CgroupError(f"cannot open {procs}: {exc.strerror}") from None
             with cls._lock:
                 for attempt in range(2):
                     if not cls._alive():
                         cls._start()
                     slot = next(cls._slots)
                     try:
-                        cls._send({"op": "prepare", "slot": slot, "prepared": asdict(prepared)}, fds)
-                        return cls.generation, slot
+                        assert cls._socket is not None
+                        socket.send_fds(cls._socket, [json.dumps({"op": "prepare", "slot": slot,
+                                                                  "prepared": asdict(prepared)}).encode()], fds)
+                        return slot, ours
                     except OSError:
                         if attempt:
                             raise
                         cls._stop()
+        except BaseException:
+            ours.close()
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
         raise AssertionError("unreachable")
-
-    @classmethod
-    def launch(cls, generation: int, slot: int, spec: nsinit.LaunchSpec, fds: list[int]) -> bool:
-        """Hand a task to a spare; False if the zygote that held it is gone (the caller makes a new one)."""
-        with cls._lock:
-            if generation != cls.generation or not cls._alive():
-                return False
-            try:
-                cls._send({"op": "launch", "slot": slot, "spec": asdict(spec)}, fds)
-            except OSError:
-                cls._stop()
-                return False
-            return True
-
-    @classmethod
-    def discard(cls, generation: int, slot: int) -> None:
-        with cls._lock:
-            if generation == cls.generation and cls._alive():
-                with contextlib.suppress(OSError):
-                    cls._send({"op": "discard", "slot": slot})
 
     @classmethod
     def _stop(cls) -> None:
@@ -140,7 +120,6 @@ class _Zygote:
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
         cls._socket = ours
-        cls.generation += 1
 
     @classmethod
     def ensure(cls) -> None:
@@ -151,10 +130,26 @@ class _Zygote:
 
 @dataclass
 class _Spare:
-    generation: int
+    """A launcher in a cgroup of its own, waiting on ``sock`` for one task."""
+
     slot: int
+    sock: socket.socket
     group: cgroups.TaskCgroup
     made: float
+    pooled: bool = False
+
+    def launch(self, spec: nsinit.LaunchSpec, fds: list[int]) -> bool:
+        """Hand the task over; False if the spare is gone (the caller makes another in the same cgroup)."""
+        try:
+            socket.send_fds(self.sock, [spec.to_bytes()], fds)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+
+    def discard(self) -> None:
+        self.sock.close()   # the spare sees EOF and exits
 
 
 @dataclass(frozen=True)
@@ -187,7 +182,7 @@ class _SparePool:
                 spare = spares.pop(0) if spares else None
             if spare is None:
                 return None
-            if spare.generation == _Zygote.generation and time.monotonic() - spare.made < SPARE_MAX_AGE:
+            if time.monotonic() - spare.made < SPARE_MAX_AGE:
                 return spare
             self._drop(spare)
 
@@ -224,8 +219,7 @@ class _SparePool:
                 shapes = list(self._spares)
                 stale = []
                 for spares in self._spares.values():
-                    keep = [s for s in spares if s.generation == _Zygote.generation
-                            and time.monotonic() - s.made < SPARE_MAX_AGE]
+                    keep = [s for s in spares if time.monotonic() - s.made < SPARE_MAX_AGE]
                     stale += [s for s in spares if s not in keep]
                     spares[:] = keep
             for spare in stale:
@@ -238,7 +232,7 @@ class _SparePool:
 
     @staticmethod
     def _drop(spare: _Spare) -> None:
-        _Zygote.discard(spare.generation, spare.slot)
+        spare.discard()
         _quietly(spare.group.remove)
 
 
@@ -246,13 +240,13 @@ def make_spare(shape: _Shape) -> _Spare:
     """A fresh cgroup (no limits yet) and a spare launcher inside it."""
     group = cgroups.TaskCgroup.create("spare", parent=shape.parent, unique=f"-{next(_sequence)}")
     try:
-        generation, slot = _Zygote.prepare(nsinit.Prepared(
+        slot, sock = _Zygote.prepare(nsinit.Prepared(
             cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
             rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes))
     except BaseException:
         _quietly(group.remove)
         raise
-    return _Spare(generation, slot, group, time.monotonic())
+    return _Spare(slot, sock, group, time.monotonic())
 
 
 _POOL = _SparePool()
@@ -311,7 +305,9 @@ class NamespaceExecutor:
         started = time.monotonic()
         unique = f"-{next(_sequence)}"
         shape = self._shape(request.limits.network.mode)
+        nsinit.trace("x.start")
         spare = await asyncio.to_thread(self._claim, request.task_id, unique, limits, shape)
+        nsinit.trace("x.claimed", spare.slot)
         group = spare.group
         disk = None
         outcome: dict = {"timed_out": False, "readers": [], "launched": False}
@@ -323,12 +319,18 @@ class NamespaceExecutor:
             elif request.run_as_user is not None:
                 await asyncio.to_thread(_chown_tree, workspace, request.run_as_user)
             spec = self._spec(request, workspace, group, profile, disk)
-            await self._run(spec, request, outcome, spare, shape)
+            await self._run(spec, request, outcome, spare, shape, (request.task_id, unique))
         finally:
             if not outcome["launched"]:
-                _Zygote.discard(spare.generation, spare.slot)
+                spare.discard()
+            if "renaming" in outcome:
+                with contextlib.suppress(Exception):
+                    await outcome["renaming"]
             nsinit.trace("x.end", spare.slot)
-            stats = await asyncio.to_thread(_end, group)
+            # After a normal end pid 1 is gone and the kernel has killed the rest of its PID namespace:
+            # only the exiting launcher can still be in the cgroup, so let it leave before freezing.
+            settle = outcome["launched"] and not outcome["timed_out"] and "pid" in shape.namespaces
+            stats = await asyncio.to_thread(_end, group, settle)
             nsinit.trace("x.ended", spare.slot)
             outcome["results"] = await _finish(outcome["readers"])
             if disk is not None:
@@ -337,7 +339,9 @@ class NamespaceExecutor:
         if SPARES_PER_SHAPE > 0:
             _POOL.want(shape)   # replaced now that this task is done, not while it starts
         files, problems = collect_outputs(request.workspace, request.output_paths)
-        return self._result(request, outcome, stats, time.monotonic() - started, files, problems)
+        result = self._result(request, outcome, stats, time.monotonic() - started, files, problems)
+        nsinit.trace("x.return", spare.slot)
+        return result
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -386,7 +390,7 @@ class NamespaceExecutor:
                 _POOL._drop(spare)  # noqa: SLF001
                 spare = None
             else:
-                spare.group.rename(task_id, unique)
+                spare.pooled = True   # renamed to the task's name once it runs (off its start path)
                 return spare
         group = cgroups.TaskCgroup.create(task_id, parent=self.cgroup_parent, unique=unique)
         try:
@@ -403,10 +407,10 @@ class NamespaceExecutor:
 
     @staticmethod
     def _spare_in(group: cgroups.TaskCgroup, shape: _Shape) -> _Spare:
-        generation, slot = _Zygote.prepare(nsinit.Prepared(
+        slot, sock = _Zygote.prepare(nsinit.Prepared(
             cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
             rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes))
-        return _Spare(generation, slot, group, time.monotonic())
+        return _Spare(slot, sock, group, time.monotonic())
 
     def _spec(self, request: ExecutionRequest, workspace: Path, group: cgroups.TaskCgroup, profile: str | None,
               disk: Path | None) -> nsinit.LaunchSpec:
@@ -422,20 +426,22 @@ class NamespaceExecutor:
             namespaces=namespaces)
 
     async def _run(self, spec: nsinit.LaunchSpec, request: ExecutionRequest, outcome: dict, spare: _Spare,
-                   shape: _Shape) -> None:
+                   shape: _Shape, name: tuple[str, str]) -> None:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
             nsinit.trace("x.send", spare.slot)
-            launched = _Zygote.launch(spare.generation, spare.slot, spec, [out_w, err_w, status_w])
-            if not launched:   # the zygote holding the spare died: a new launcher in the same cgroup
+            launched = spare.launch(spec, [out_w, err_w, status_w])
+            if not launched:   # the spare died: a new launcher in the same cgroup
                 retry = await asyncio.to_thread(self._spare_in, spare.group, shape)
-                launched = _Zygote.launch(retry.generation, retry.slot, spec, [out_w, err_w, status_w])
+                launched = retry.launch(spec, [out_w, err_w, status_w])
             outcome["launched"] = launched
         finally:
             for fd in (out_w, err_w, status_w):
                 os.close(fd)
+        if spare.pooled:
+            outcome["renaming"] = asyncio.ensure_future(asyncio.to_thread(spare.group.rename, *name))
         limit = request.log_limit_bytes
         readers = [asyncio.ensure_future(_read_bounded(fd, size)) for fd, size in
                    ((out_r, limit), (err_r, limit), (status_r, 1 << 16))]
@@ -510,10 +516,17 @@ _NETWORK = {NetworkMode.NONE: "none", NetworkMode.LOCALHOST: "localhost", Networ
             NetworkMode.RESTRICTED: "none"}
 
 
-def _end(group: cgroups.TaskCgroup) -> cgroups.CgroupStats:
-    """Kill what is left in the task's cgroup, read what it used, remove it."""
-    group.kill()
-    stats = group.stats()
+def _end(group: cgroups.TaskCgroup, settle: bool) -> cgroups.CgroupStats:
+    """Kill what is left in the task's cgroup, read what it used, remove it.
+
+    ``settle``: the task has ended and its PID namespace with it, so what it used is final already;
+    read that while the launcher leaves the cgroup, then make sure it is empty."""
+    if settle:
+        stats = group.stats()
+        group.kill(settle_seconds=0.01)
+    else:
+        group.kill()
+        stats = group.stats()
     _quietly(group.remove)
     return stats
 

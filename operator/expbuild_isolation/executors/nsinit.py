@@ -150,8 +150,18 @@ def _host_root(root: str) -> None:
         _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
 
 
+def _etc_key(spec: LaunchSpec) -> tuple:
+    return spec.uid, spec.gid, spec.hostname, spec.network == "full"
+
+
+_ETC_DEFAULT = _etc_key(LaunchSpec(argv=[], env={}, cwd="/", workspace="/"))
+
+
 def _host_etc(root: str, spec: LaunchSpec) -> None:
-    """The parts of /etc that depend on the task: users, hostname, and the host's resolver for Full networking."""
+    """The parts of /etc that depend on the task: users, hostname, and the host's resolver for Full networking.
+
+    A spare writes them for the default task (uid 65534, hostname expbuild, no host network) ahead of time.
+    """
     if spec.network == "full":
         for name in ("resolv.conf", "hosts"):
             _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
@@ -213,9 +223,18 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, 0x8914, ifreq)                                 # SIOCSIFFLAGS
 
 
+_LAST_CAP: list[int] = []
+
+
+def _last_cap() -> int:
+    if not _LAST_CAP:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            _LAST_CAP.append(int(handle.read()))
+    return _LAST_CAP[0]
+
+
 def _drop_privileges(spec: LaunchSpec) -> None:
-    last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last_cap + 1):
+    for cap in range(_last_cap() + 1):
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     os.setgroups([])
@@ -245,19 +264,37 @@ class Prepared:
     shm_size_bytes: int = 64 << 20
 
 
-def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.socket, priority: int) -> None:
-    """pid 1 of the new namespaces: builds the root, waits for its task, finishes the sandbox and execs.
+def _join_cgroup(prep: Prepared, cgroup_fds: list[int]) -> None:
+    """Move this process into the task cgroup (writing 0 means "the writer": we are pid 1 of our own
+    PID namespace). On cgroup v1 this waits for an RCU grace period -- milliseconds, tens of them on a
+    loaded machine -- which a spare pays before its task arrives."""
+    try:
+        for procs, fd in zip(prep.cgroup_procs, cgroup_fds, strict=True):
+            try:
+                os.write(fd, b"0")
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot join cgroup {procs}: {exc.strerror}") from None
+    finally:
+        for fd in cgroup_fds:
+            os.close(fd)
 
-    Never returns.
+
+def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.socket, priority: int,
+          cgroup_fds: list[int]) -> None:
+    """pid 1 of the new namespaces: joins the task cgroup, builds the root, waits for its task, finishes
+    the sandbox and execs. Never returns.
     """
     trace("p.start", slot)
     problem: BaseException | None = None
     root = ROOT_MOUNTPOINT
     try:
+        _join_cgroup(prep, cgroup_fds)
+        trace("p.cgroup", slot)
         if "mount" in prep.namespaces:
             mount(None, "/", None, MS_REC | MS_PRIVATE)
             if prep.rootfs == "host":
                 _host_root(root)
+                _host_etc(root, LaunchSpec(argv=[], env={}, cwd="/", workspace="/"))
             else:
                 _bind(prep.rootfs, root, readonly=False)
             _populate(root, prep.shm_size_bytes)
@@ -286,7 +323,7 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         if effective_namespaces(spec.namespaces, spec.network) != prep.namespaces or spec.rootfs != prep.rootfs:
             raise RuntimeError("launcher: the task does not fit the spare it was sent to")
         if "mount" in prep.namespaces:
-            if spec.rootfs == "host":
+            if spec.rootfs == "host" and _etc_key(spec) != _ETC_DEFAULT:
                 _host_etc(root, spec)
             _task_mounts(root, spec)
             trace("p.mounts", slot)
@@ -341,12 +378,11 @@ class _suppress:
 
 
 def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int]) -> None:
-    """The zygote's child, made before its task is known: joins the task cgroup, unshares, forks pid 1.
+    """The zygote's child, made before its task is known: unshares and forks pid 1, which joins the task
+    cgroup. Then it waits for pid 1 and reports how it ended on the task's status pipe. Never returns.
 
-    Joining a cgroup v1 hierarchy waits for an RCU grace period (milliseconds,
-    tens of them on a loaded machine): a spare pays it before the task arrives.
-    Then it waits for pid 1 and reports how it ended on the task's status pipe.
-    Never returns.
+    The waiter itself stays out of the task cgroup: once pid 1 is reaped (and the kernel has killed the
+    rest of its PID namespace) the cgroup is empty and can go, while the waiter still exits.
     """
     trace("s.start", slot)
     priority = os.getpriority(os.PRIO_PROCESS, 0)
@@ -354,14 +390,6 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
         os.setpriority(os.PRIO_PROCESS, 0, min(priority + SPARE_NICE, 19))   # yield to running tasks
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        me = str(os.getpid()).encode()
-        for procs, fd in zip(prep.cgroup_procs, cgroup_fds, strict=True):
-            try:
-                os.write(fd, me)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot join cgroup {procs}: {exc.strerror}") from None
-            os.close(fd)
-        trace("s.cgroup", slot)
         flags = 0
         for name in prep.namespaces:
             flags |= NAMESPACE_FLAGS[name]
@@ -372,7 +400,9 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
         _fail_when_launched(tasks, f"setup-error: {exc}")
     if pid == 0:
         from_pid1.close()
-        _pid1(prep, slot, tasks, to_waiter, priority)
+        _pid1(prep, slot, tasks, to_waiter, priority, cgroup_fds)
+    for fd in cgroup_fds:
+        os.close(fd)
     tasks.close()
     to_waiter.close()
     status_fd = -1
@@ -393,6 +423,7 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
         line = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
         with _suppress():
             os.write(status_fd, f"{line}\n".encode())
+        os.close(status_fd)   # the worker reads EOF now, not after this process has torn down its memory
     trace("s.exit", slot)
     os._exit(0)
 
@@ -410,17 +441,17 @@ _FILTERS: dict[str, bytes] = {}   # profile -> compiled BPF, built once in the z
 
 
 def serve(control: socket.socket) -> None:
-    """The zygote loop, until the worker closes the socket. Messages (JSON, SOCK_SEQPACKET):
-
-    ``{"op": "prepare", "slot": N, "prepared": {...}}``: fork a spare for slot N;
-    ``{"op": "launch", "slot": N, "spec": {...}}`` with the task's stdout, stderr
-    and status pipes: hand them to slot N's spare; ``{"op": "discard", "slot": N}``.
+    """The zygote loop, until the worker closes the socket. One message (JSON, SOCK_SEQPACKET) per spare:
+    ``{"op": "prepare", "slot": N, "prepared": {...}}`` carrying the spare's end of its task socket and
+    the cgroup.procs files to join, opened for writing. The worker later sends the task's LaunchSpec
+    with its stdout, stderr and status pipes straight down that socket; closing it discards the spare.
     """
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # spares are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.makedirs(ROOT_MOUNTPOINT, exist_ok=True)
     open_trace()
+    _last_cap()
     import fcntl  # noqa: F401 - imported once here, not in every forked child
     for name in seccomp.PROFILES:
         with _suppress():
@@ -428,7 +459,6 @@ def serve(control: socket.socket) -> None:
     gc.collect()
     gc.freeze()    # forked children do not touch (and so copy) the zygote's objects for the collector
     gc.disable()
-    slots: dict[int, socket.socket] = {}
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
@@ -438,35 +468,16 @@ def serve(control: socket.socket) -> None:
             return
         try:
             request = json.loads(message)
-            op, slot = request["op"], request["slot"]
-            if op == "prepare":
-                prep = Prepared(**request["prepared"])
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                if os.fork() == 0:
-                    control.close()
-                    ours.close()
-                    for other in slots.values():
-                        other.close()
-                    _spare(prep, slot, theirs, fds)
-                theirs.close()
-                slots[slot] = ours
-            elif op == "launch":
-                trace("z.launch", slot)
-                if len(fds) != 3:
-                    raise RuntimeError(f"a launch carries 3 pipes, not {len(fds)}")
-                sock = slots.pop(slot, None)
-                if sock is None:
-                    raise RuntimeError(f"no spare for slot {slot}")
-                with sock:
-                    socket.send_fds(sock, [json.dumps(request["spec"]).encode()], fds)
-            elif op == "discard":
-                sock = slots.pop(slot, None)
-                if sock is not None:
-                    sock.close()
-        except BaseException as exc:  # noqa: BLE001
-            if len(fds) == 3:
-                with _suppress():
-                    os.write(fds[2], f"setup-error: launcher: {exc}\n".encode())
+            if request["op"] != "prepare" or len(fds) < 1:
+                raise RuntimeError(f"unknown request {request.get('op')!r}")
+            slot = request["slot"]
+            prep = Prepared(**request["prepared"])
+            if os.fork() == 0:
+                control.close()
+                _spare(prep, slot, socket.socket(fileno=fds[0]), fds[1:])
+        except BaseException as exc:  # noqa: BLE001 - the spare's task will find its socket closed
+            with _suppress():
+                os.write(2, f"nsinit: cannot prepare a spare: {exc}\n".encode())
         finally:
             for fd in fds:
                 os.close(fd)
