@@ -203,3 +203,46 @@ def test_cgroup_v1_create_limit_kill_stats_remove():
                            f"(unified hierarchy at {cgroups.v2_root()} offers {sorted(cgroups.v2_controllers())})")
 def test_cgroup_v2_create_limit_kill_stats_remove():
     _cgroup_lifecycle(2)
+
+
+async def test_the_task_holds_no_descriptor_but_stdio(executor, workspace):
+    """The launcher's status pipe (and anything else it had) is closed before exec: the task cannot fake its end."""
+    result = await executor.execute(request(workspace, "/bin/busybox ls /proc/self/fd"))
+    assert sorted(result.stdout.split()) == [b"0", b"1", b"2", b"3"], result   # 3: the ls's own directory fd
+
+
+async def test_a_workspace_on_a_mount_made_after_the_spares_is_seen(executor, tmp_path):
+    """Spares copy the mount table before their task exists: the workspace reaches them as an open tree."""
+    await executor.warmup()
+    mountpoint = tmp_path / "late"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "late", str(mountpoint)], check=True)
+    try:
+        (mountpoint / "in.txt").write_text("late mount")
+        result = await executor.execute(request(mountpoint, "cat in.txt; echo out > out.txt"))
+        assert result.stdout == b"late mount", result
+        assert (mountpoint / "out.txt").read_text() == "out\n"
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+async def test_a_spare_cgroup_takes_the_tasks_name_and_limits(executor, workspace):
+    await executor.warmup()
+    assert our_cgroups(spares=True), "warmup made no spares"
+    limits = ResourceLimits(memory_bytes=96 << 20, max_processes=33)
+    run = asyncio.ensure_future(executor.execute(request(workspace, "sleep 0.5; cat /proc/self/cgroup",
+                                                         task_id="named-task", limits=limits)))
+    seen = {}
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        named = [p for p in our_cgroups() if p.name.startswith("named-task-")]
+        if {p.parent.parent.name for p in named} >= {"pids", "memory"}:
+            seen = {p.parent.parent.name: p for p in named}
+            break
+    assert seen, "the task's cgroup never took its name"
+    assert (seen["pids"] / "pids.max").read_text().strip() == "33"
+    assert int((seen["memory"] / "memory.limit_in_bytes").read_text()) == 96 << 20
+    result = await run
+    assert result.exit_code == 0, result
+    assert b"named-task-" in result.stdout, result.stdout
+    assert our_cgroups() == []

@@ -430,15 +430,22 @@ class NamespaceExecutor:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
+        trees = []
+        if "mount" in shape.namespaces:
+            for tree, path in (("workspace", spec.workspace), ("tmp", spec.tmp_source)):
+                fd = nsinit.open_tree(path) if path else None
+                if fd is not None:
+                    spec.trees.append(tree)
+                    trees.append(fd)
         try:
             nsinit.trace("x.send", spare.slot)
-            launched = spare.launch(spec, [out_w, err_w, status_w])
+            launched = spare.launch(spec, [out_w, err_w, status_w, *trees])
             if not launched:   # the spare died: a new launcher in the same cgroup
                 retry = await asyncio.to_thread(self._spare_in, spare.group, shape)
-                launched = retry.launch(spec, [out_w, err_w, status_w])
+                launched = retry.launch(spec, [out_w, err_w, status_w, *trees])
             outcome["launched"] = launched
         finally:
-            for fd in (out_w, err_w, status_w):
+            for fd in (out_w, err_w, status_w, *trees):
                 os.close(fd)
         if spare.pooled:
             outcome["renaming"] = asyncio.ensure_future(asyncio.to_thread(spare.group.rename, *name))

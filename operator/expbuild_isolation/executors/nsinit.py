@@ -55,6 +55,9 @@ PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429   # one number on every architecture (the unified table, 5.2+)
+AT_FDCWD, AT_RECURSIVE, OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = -100, 0x8000, 1, os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<slot> <stage> <monotonic ns>" lines
@@ -91,6 +94,7 @@ class LaunchSpec:
     seccomp_profile: str | None = "expbuild-default"
     read_only_root: bool = True
     namespaces: list[str] = field(default_factory=lambda: ["pid", "mount", "net", "uts", "ipc"])
+    trees: list[str] = field(default_factory=list)   # "workspace"/"tmp": sent as open_tree() fds after the pipes
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -199,11 +203,32 @@ def _populate(root: str, shm_size: int) -> None:
     mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
 
 
-def _task_mounts(root: str, spec: LaunchSpec) -> None:
+def open_tree(path: str) -> int | None:
+    """A detached copy of the mount tree at ``path`` (open_tree(2), Linux 5.2+), or None where unsupported.
+
+    A spare's mount namespace was copied before its task existed and no longer sees host mounts made
+    since (a disk-limited task's tmpfs, say): the worker opens the task's directories as detached trees
+    in its own namespace and the spare attaches them with move_mount(2).
+    """
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+    return fd if fd >= 0 else None
+
+
+def _attach(tree: int | None, source: str, target: str, *, extra: int = MS_NOSUID | MS_NODEV) -> None:
+    if tree is None:
+        mount(source, target, None, MS_BIND | MS_REC)
+    else:
+        _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH),
+               f"move_mount {source} to {target}")
+        os.close(tree)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | extra)
+
+
+def _task_mounts(root: str, spec: LaunchSpec, trees: dict[str, int]) -> None:
     """The task's own directories: the workspace and /tmp."""
-    _bind(spec.workspace, f"{root}/workspace", readonly=False)
+    _attach(trees.get("workspace"), spec.workspace, f"{root}/workspace")
     if spec.tmp_source:
-        _bind(spec.tmp_source, f"{root}/tmp", readonly=False, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _attach(trees.get("tmp"), spec.tmp_source, f"{root}/tmp", extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
     else:
         mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
               f"size={spec.tmp_size_bytes},mode=1777")
@@ -302,11 +327,11 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         problem = exc
     trace("p.prepared", slot)
     try:
-        message, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 3)
+        message, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 8)
     except OSError:
         os._exit(0)
-    if not message or len(fds) != 3:
-        os._exit(0)   # the zygote discarded this spare (or died)
+    if not message or len(fds) < 3:
+        os._exit(0)   # the worker discarded this spare (or died)
     status_fd = fds[2]
     for fd in fds:
         os.set_inheritable(fd, False)   # SCM_RIGHTS delivers inheritable fds: the task must not hold the status pipe
@@ -325,7 +350,7 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         if "mount" in prep.namespaces:
             if spec.rootfs == "host" and _etc_key(spec) != _ETC_DEFAULT:
                 _host_etc(root, spec)
-            _task_mounts(root, spec)
+            _task_mounts(root, spec, dict(zip(spec.trees, fds[3:])))
             trace("p.mounts", slot)
             _pivot(root)
             if spec.read_only_root:
@@ -430,8 +455,8 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
 
 def _fail_when_launched(tasks: socket.socket, line: str) -> None:
     with _suppress():
-        _, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 3)
-        if len(fds) == 3:
+        _, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 8)
+        if len(fds) >= 3:
             os.write(fds[2], f"{line}\n".encode())
     os._exit(127)
 
