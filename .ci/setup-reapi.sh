@@ -46,5 +46,5 @@ fi
 
 "$PYTHON" -c 'import expbuild_isolation.worker.reapi_protos' \
     || { log "ERROR: the worker cannot import its REAPI protos"; exit 1; }
-log "ready: $("$VENV/bin/bgd" --help >/dev/null && echo bgd) $(bazel --version 2>/dev/null || echo bazel-4.2.3) \
+log "ready: $VENV/bin/bgd, bazel-bootstrap $(dpkg-query -W -f='${Version}' bazel-bootstrap 2>/dev/null || echo '?'), \
 $(ls -d /usr/lib/postgresql/*/bin | head -1)"

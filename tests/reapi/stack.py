@@ -94,6 +94,10 @@ schedulers:
     action-cache: *ac
     bot-session-keepalive-timeout: {keepalive}
     poll-interval: 0.1
+    assigners:            # the default assigns once a second (plus jitter): the latency of every action
+      - !priority-age-assigner
+        count: 1
+        interval: 0.02
     property-set: !dynamic-property-set
       wildcard-property-keys: [container-image, isolation, executor, network, cpu, memory, disk, pids, seccomp]
 instances:

@@ -105,7 +105,7 @@ class ActionRunner:
             ACTIONS.labels(outcome=outcome, executor=executor_name).inc()
             self._count_traffic(before)
             self._audit("end", lease_id, plan, executor_name, result.isolation_level.value if result else "-",
-                        outcome=outcome, result=result)
+                        outcome=outcome, result=result, worker_seconds=time.monotonic() - received)
             await asyncio.shield(asyncio.to_thread(remove_workspace, workspace))
         action_result = action_result or re_pb2.ActionResult()
         _stamp(meta.worker_completed_timestamp)
@@ -162,7 +162,8 @@ class ActionRunner:
         CACHE_LOOKUPS.labels(result="miss").inc(self.cas.misses - before[3])
 
     def _audit(self, event: str, lease_id: str, plan: ActionPlan | None, executor: str, isolation: str, *,
-               outcome: str | None = None, result: ExecutionResult | None = None) -> None:
+               outcome: str | None = None, result: ExecutionResult | None = None,
+               worker_seconds: float | None = None) -> None:
         record: dict = {"time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), "event": event,
                         "source": "reapi", "lease": lease_id, "bot": self.settings.bot_id,
                         "executor": executor, "isolation": isolation}
@@ -177,6 +178,7 @@ class ActionRunner:
             record["outcome"] = {"result": outcome, **({"exitCode": result.exit_code, "reason": result.reason.value,
                                                         "durationSeconds": round(result.stats.duration_seconds, 4)}
                                                        if result else {})}
+            record["workerSeconds"] = round(worker_seconds or 0.0, 4)   # lease received to result ready
         AUDIT.info(json.dumps(record, sort_keys=True, separators=(",", ":"), default=str))
 
 
