@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-reapi_protos = pytest.importorskip("expbuild_isolation.worker.reapi_protos",
-                                   reason="REAPI protos not installed (pip install --no-deps buildgrid==0.4.4)")
+try:
+    from expbuild_isolation.worker import reapi_protos
+except ImportError as exc:
+    if os.environ.get("EXPBUILD_REQUIRE_REAPI") == "1":
+        raise
+    pytest.skip(f"REAPI protos not installed ({exc}); run .ci/setup-reapi.sh", allow_module_level=True)
 from expbuild_isolation.api.task import IsolationLevel, NetworkMode  # noqa: E402
 from expbuild_isolation.worker.reapi_action import InvalidAction, lease_task_id, plan_action  # noqa: E402
 from expbuild_isolation.worker.reapi_cas import LocalCas, digest_of, key  # noqa: E402
