@@ -245,9 +245,9 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return not Phase(status.get("phase") or "Pending").finished
 
 
-def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
-    """A registry with every handler; the caller adds a login handler (see ``run``)."""
-    registry = kopf.OperatorRegistry()
+def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """A registry (new, or the one given) with every handler; the caller adds a login handler (see ``run``)."""
+    registry = kopf.OperatorRegistry() if registry is None else registry
     resource = (GROUP, VERSION, PLURAL)
     kopf.on.startup(registry=registry)(configure)
     kopf.on.resume(*resource, registry=registry, id="start")(start)
