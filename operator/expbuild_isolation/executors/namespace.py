@@ -112,9 +112,10 @@ class _Zygote:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         package_root = str(Path(__file__).resolve().parents[2])
         env = {"PATH": DEFAULT_PATH, "PYTHONPATH": package_root, "PYTHONDONTWRITEBYTECODE": "1"}
-        if os.environ.get("EXPBUILD_NSINIT_TRACE"):
-            env["EXPBUILD_NSINIT_TRACE"] = os.environ["EXPBUILD_NSINIT_TRACE"]
-            nsinit.open_trace()
+        for name in ("EXPBUILD_NSINIT_TRACE", "EXPBUILD_NAMESPACE_SPARE_NICE"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        nsinit.open_trace()
         cls._process = subprocess.Popen(
             [sys.executable, "-m", "expbuild_isolation.executors.nsinit", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
@@ -160,6 +161,8 @@ class _Shape:
     namespaces: tuple[str, ...]
     rootfs: str
     shm_size_bytes: int
+    host_network: bool
+    pivot_early: bool
 
 
 class _SparePool:
@@ -240,9 +243,7 @@ def make_spare(shape: _Shape) -> _Spare:
     """A fresh cgroup (no limits yet) and a spare launcher inside it."""
     group = cgroups.TaskCgroup.create("spare", parent=shape.parent, unique=f"-{next(_sequence)}")
     try:
-        slot, sock = _Zygote.prepare(nsinit.Prepared(
-            cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
-            rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes))
+        slot, sock = _Zygote.prepare(_prepared(group, shape))
     except BaseException:
         _quietly(group.remove)
         raise
@@ -250,6 +251,25 @@ def make_spare(shape: _Shape) -> _Spare:
 
 
 _POOL = _SparePool()
+
+
+def _prepared(group: cgroups.TaskCgroup, shape: _Shape) -> nsinit.Prepared:
+    return nsinit.Prepared(cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
+                           rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes,
+                           host_network=shape.host_network, pivot_early=shape.pivot_early)
+
+
+def _open_tree_works() -> bool:
+    """Whether this kernel has open_tree(2)/move_mount(2) (5.2+): then spares pivot before their task."""
+    if not _OPEN_TREE:
+        fd = nsinit.open_tree("/")
+        if fd is not None:
+            os.close(fd)
+        _OPEN_TREE.append(fd is not None)
+    return _OPEN_TREE[0]
+
+
+_OPEN_TREE: list[bool] = []
 
 
 class NamespaceExecutor:
@@ -373,8 +393,10 @@ class NamespaceExecutor:
                                       ("ipc", self.config.use_ipc_namespace)) if on]
 
     def _shape(self, network: NetworkMode) -> _Shape:
-        return _Shape(self.cgroup_parent, tuple(nsinit.effective_namespaces(self._namespaces(), _NETWORK[network])),
-                      self.config.rootfs, self.config.tmp_size_bytes)
+        namespaces = tuple(nsinit.effective_namespaces(self._namespaces(), _NETWORK[network]))
+        return _Shape(self.cgroup_parent, namespaces, self.config.rootfs, self.config.tmp_size_bytes,
+                      host_network=network == NetworkMode.FULL,
+                      pivot_early="mount" in namespaces and _open_tree_works())
 
     def _claim(self, task_id: str, unique: str, limits, shape: _Shape) -> _Spare:  # type: ignore[no-untyped-def]
         """The task's cgroup, limited, with a launcher in it: a spare from the pool, else one made now.
@@ -407,9 +429,7 @@ class NamespaceExecutor:
 
     @staticmethod
     def _spare_in(group: cgroups.TaskCgroup, shape: _Shape) -> _Spare:
-        slot, sock = _Zygote.prepare(nsinit.Prepared(
-            cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
-            rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes))
+        slot, sock = _Zygote.prepare(_prepared(group, shape))
         return _Spare(slot, sock, group, time.monotonic())
 
     def _spec(self, request: ExecutionRequest, workspace: Path, group: cgroups.TaskCgroup, profile: str | None,

@@ -158,17 +158,21 @@ def _etc_key(spec: LaunchSpec) -> tuple:
     return spec.uid, spec.gid, spec.hostname, spec.network == "full"
 
 
-_ETC_DEFAULT = _etc_key(LaunchSpec(argv=[], env={}, cwd="/", workspace="/"))
+def _default_spec(host_network: bool) -> LaunchSpec:
+    return LaunchSpec(argv=[], env={}, cwd="/", workspace="/", network="full" if host_network else "none")
+
+
+def _host_resolver(root: str) -> None:
+    """Full networking: the host's resolver configuration."""
+    for name in ("resolv.conf", "hosts"):
+        _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
 
 
 def _host_etc(root: str, spec: LaunchSpec) -> None:
-    """The parts of /etc that depend on the task: users, hostname, and the host's resolver for Full networking.
+    """The files of /etc that depend on the task: users, groups, hosts, hostname.
 
-    A spare writes them for the default task (uid 65534, hostname expbuild, no host network) ahead of time.
+    A spare writes them for the default task (uid 65534, hostname expbuild) ahead of time.
     """
-    if spec.network == "full":
-        for name in ("resolv.conf", "hosts"):
-            _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
     uid = spec.uid if spec.uid is not None else 0
     gid = spec.gid if spec.gid is not None else 0
     users = {0: "root", 65534: "nobody", uid: "expbuild" if uid not in (0, 65534) else ("root", "nobody")[uid != 0]}
@@ -258,10 +262,17 @@ def _last_cap() -> int:
     return _LAST_CAP[0]
 
 
-def _drop_privileges(spec: LaunchSpec) -> None:
+def _drop_bounding_set() -> None:
+    """No capability can come back through exec (what we hold now stays usable until _drop_privileges).
+
+    A spare does this before its task is known; a failure is reported to that task."""
     for cap in range(_last_cap() + 1):
-        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(CAPBSET_DROP, {cap})")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(CAP_AMBIENT_CLEAR_ALL)")
+
+
+def _drop_privileges(spec: LaunchSpec) -> None:
+    """Everything else: no groups, the task's uid/gid, no capabilities at all, no_new_privs."""
     os.setgroups([])
     if spec.gid is not None:
         os.setresgid(spec.gid, spec.gid, spec.gid)
@@ -287,6 +298,8 @@ class Prepared:
     namespaces: list[str]        # rename does not matter); effective namespaces: the spec's must be the same
     rootfs: str = "host"
     shm_size_bytes: int = 64 << 20
+    host_network: bool = False   # Full networking: the host's resolv.conf and hosts
+    pivot_early: bool = False    # pivot before the task is known (its directories then come as open trees)
 
 
 def _join_cgroup(prep: Prepared, cgroup_fds: list[int]) -> None:
@@ -312,6 +325,7 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
     trace("p.start", slot)
     problem: BaseException | None = None
     root = ROOT_MOUNTPOINT
+    default = _default_spec(prep.host_network)
     try:
         _join_cgroup(prep, cgroup_fds)
         trace("p.cgroup", slot)
@@ -319,10 +333,20 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
             mount(None, "/", None, MS_REC | MS_PRIVATE)
             if prep.rootfs == "host":
                 _host_root(root)
-                _host_etc(root, LaunchSpec(argv=[], env={}, cwd="/", workspace="/"))
+                if prep.host_network:
+                    _host_resolver(root)
+                _host_etc(root, default)
             else:
                 _bind(prep.rootfs, root, readonly=False)
             _populate(root, prep.shm_size_bytes)
+            if prep.pivot_early:
+                _pivot(root)
+                root = ""
+        if "uts" in prep.namespaces:
+            socket.sethostname(default.hostname)
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
+        _drop_bounding_set()
     except BaseException as exc:  # noqa: BLE001 - reported to the task that comes for this spare
         problem = exc
     trace("p.prepared", slot)
@@ -345,24 +369,27 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         if problem is not None:
             raise problem
         spec = LaunchSpec(**json.loads(message))
-        if effective_namespaces(spec.namespaces, spec.network) != prep.namespaces or spec.rootfs != prep.rootfs:
+        if (effective_namespaces(spec.namespaces, spec.network) != prep.namespaces or spec.rootfs != prep.rootfs
+                or (spec.network == "full") != prep.host_network):
             raise RuntimeError("launcher: the task does not fit the spare it was sent to")
         if "mount" in prep.namespaces:
-            if spec.rootfs == "host" and _etc_key(spec) != _ETC_DEFAULT:
+            if spec.rootfs == "host" and _etc_key(spec) != _etc_key(default):
                 _host_etc(root, spec)
-            _task_mounts(root, spec, dict(zip(spec.trees, fds[3:])))
+            trees = dict(zip(spec.trees, fds[3:]))
+            if prep.pivot_early and ("workspace" not in trees or (spec.tmp_source and "tmp" not in trees)):
+                raise RuntimeError("launcher: the task's directories did not come as open trees")
+            _task_mounts(root, spec, trees)
             trace("p.mounts", slot)
-            _pivot(root)
+            if not prep.pivot_early:
+                _pivot(root)
             if spec.read_only_root:
                 mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
             trace("p.pivot", slot)
-        if "uts" in prep.namespaces:
+        if "uts" in prep.namespaces and spec.hostname != default.hostname:
             socket.sethostname(spec.hostname)
         if spec.network == "localhost" and "net" in prep.namespaces:
             _loopback_up()
         os.chdir(spec.cwd)
-        with open("/proc/self/oom_score_adj", "w") as handle:
-            handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
         _drop_privileges(spec)
         trace("p.privs", slot)
         devnull = os.open("/dev/null", os.O_RDONLY)
@@ -461,7 +488,9 @@ def _fail_when_launched(tasks: socket.socket, line: str) -> None:
     os._exit(127)
 
 
-SPARE_NICE = 0   # a spare builds its sandbox at a lower CPU priority than the tasks already running
+# A spare builds its sandbox at a lower CPU priority than the tasks already running (its task and waiter
+# get the worker's priority back when the task arrives).
+SPARE_NICE = int(os.environ.get("EXPBUILD_NAMESPACE_SPARE_NICE", "10"))
 _FILTERS: dict[str, bytes] = {}   # profile -> compiled BPF, built once in the zygote
 
 
