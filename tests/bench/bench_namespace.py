@@ -6,7 +6,14 @@ Start latency: /bin/true via NamespaceExecutor with full isolation (PID, mount,
 net, UTS, IPC namespaces, pivot_root, cgroup with memory/pids/cpu limits,
 expbuild-default seccomp, uid 65534) beside plain subprocess and bwrap
 --unshare-all, measured in the same run. CPU: a fixed shell loop inside versus
-on the host.
+on the host, seven times each in alternating order, as wall time (what a user
+waits for; on a shared machine it also measures who gets the CPUs) and as CPU
+time (the task cgroup's usage inside, the child's rusage outside: the cost of
+the isolation itself, whoever else is running).
+
+Debugging a slow start: EXPBUILD_NSINIT_TRACE=/tmp/trace.log makes the
+executor, the zygote, the waiters and every pid 1 append "<slot> <stage>
+<CLOCK_MONOTONIC ns>" lines, one set per task.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -21,12 +30,13 @@ import time
 
 from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace import DEFAULT_PATH, NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--ro-bind", "/lib", "/lib", "--ro-bind", "/lib64",
          "/lib64", "--ro-bind", "/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "true"]
 CPU_LOOP = "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done"
+TASK_ENV = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "TMPDIR": "/tmp"}
 
 
 def summary(samples: list[float]) -> dict:
@@ -36,14 +46,25 @@ def summary(samples: list[float]) -> dict:
             "min_ms": round(ordered[0] * 1000, 2)}
 
 
-def timed_subprocess(argv: list[str]) -> float:
+def timed_subprocess(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True)
+    subprocess.run(argv, check=True, env=env)
     return time.perf_counter() - start
 
 
+def timed_subprocess_cpu(argv: list[str]) -> tuple[float, float]:
+    """Wall time and the child's user+system CPU time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = timed_subprocess(argv, env=TASK_ENV)   # the environment a task gets: dash is slower with a big one
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 async def main(n: int) -> dict:
-    executor = NamespaceExecutor(NamespaceConfig())
+    load_at_start = list(os.getloadavg())
+    # A parent of its own: under cgroup v1 every task under one parent shares that parent's CPU weight, so
+    # sandboxes of a test suite running meanwhile (the default parent, "expbuild") would slow ours down.
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent="expbuild-bench"))
     await executor.warmup()
     workspace = create_workspace()
     limits = ResourceLimits(cpu_cores=2, memory_bytes=256 << 20, max_processes=64)
@@ -68,17 +89,28 @@ async def main(n: int) -> dict:
             if shutil.which("bwrap"):
                 bwrap.append(timed_subprocess(BWRAP))
         cpu_inside, cpu_host = [], []
-        for _ in range(3):
-            cpu_inside.append((await in_sandbox(("/bin/sh", "-c", CPU_LOOP)))[0])
-            cpu_host.append(timed_subprocess(["/bin/sh", "-c", CPU_LOOP]))
+        for i in range(7):   # alternating which goes first, so a load change does not favour one side
+            for side in (("inside", "host") if i % 2 == 0 else ("host", "inside")):
+                if side == "inside":
+                    cpu_inside.append(await in_sandbox(("/bin/sh", "-c", CPU_LOOP)))
+                else:
+                    cpu_host.append(timed_subprocess_cpu(["/bin/sh", "-c", CPU_LOOP]))
     finally:
         remove_workspace(workspace)
-    inside, host = statistics.median(cpu_inside), statistics.median(cpu_host)
+    inside, host = statistics.median(w for w, _ in cpu_inside), statistics.median(w for w, _ in cpu_host)
+    inside_cpu, host_cpu = statistics.median(c for _, c in cpu_inside), statistics.median(c for _, c in cpu_host)
     return {
         "start_latency_true": {"namespace_executor_full_isolation": summary(ns), "subprocess": summary(plain),
                                "bwrap_unshare_all": summary(bwrap) if bwrap else None},
         "cpu_workload": {"workload": CPU_LOOP, "namespace_median_s": round(inside, 3), "host_median_s": round(host, 3),
-                         "overhead_percent": round((inside / host - 1) * 100, 1)},
+                         "overhead_percent": round((inside / host - 1) * 100, 1),
+                         "namespace_cpu_median_s": round(inside_cpu, 3), "host_cpu_median_s": round(host_cpu, 3),
+                         "cpu_time_overhead_percent": round((inside_cpu / host_cpu - 1) * 100, 1),
+                         # the least CPU time of each side: the intrinsic cost, least disturbed by neighbours
+                         "cpu_time_min_overhead_percent": round(
+                             (min(c for _, c in cpu_inside) / min(c for _, c in cpu_host) - 1) * 100, 1)},
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": list(os.getloadavg()),
     }
 
 

@@ -199,9 +199,13 @@ class TaskCgroup:
         if settle_seconds > 0:
             deadline = time.monotonic() + settle_seconds
             pause = 0.0001
-            while self._first_pids() and time.monotonic() < deadline:
+            while self._first_pids():
+                if time.monotonic() >= deadline:
+                    break
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
+            else:
+                return   # every process joined all hierarchies at once: one empty list says they all are
         if not self.pids():
             return   # nothing inside can fork, and nothing outside writes our cgroup.procs
         if self.version == 2 and (self.dirs["unified"] / "cgroup.kill").exists():

@@ -326,7 +326,11 @@ class NamespaceExecutor:
         unique = f"-{next(_sequence)}"
         shape = self._shape(request.limits.network.mode)
         nsinit.trace("x.start")
-        spare = await asyncio.to_thread(self._claim, request.task_id, unique, limits, shape)
+        # A spare from the pool only needs its limits written (cgroupfs writes that take no cgroup-wide
+        # lock): done here, no thread hop. Making a cgroup and a launcher now goes to a thread.
+        spare = self._take(limits, shape)
+        if spare is None:
+            spare = await asyncio.to_thread(self._claim, request.task_id, unique, limits, shape)
         nsinit.trace("x.claimed", spare.slot)
         group = spare.group
         disk = None
@@ -404,16 +408,9 @@ class NamespaceExecutor:
         A made-now cgroup gets its limits before anything joins it; a spare's cgroup holds only the
         launcher (its own code, no task yet) when the limits are set, before the task is handed over.
         """
-        spare = _POOL.take(shape) if SPARES_PER_SHAPE > 0 else None
+        spare = self._take(limits, shape)
         if spare is not None:
-            try:
-                self._limit(spare.group, limits)
-            except cgroups.CgroupError:
-                _POOL._drop(spare)  # noqa: SLF001
-                spare = None
-            else:
-                spare.pooled = True   # renamed to the task's name once it runs (off its start path)
-                return spare
+            return spare
         group = cgroups.TaskCgroup.create(task_id, parent=self.cgroup_parent, unique=unique)
         try:
             self._limit(group, limits)
@@ -421,6 +418,18 @@ class NamespaceExecutor:
         except BaseException:
             _quietly(group.remove)
             raise
+
+    def _take(self, limits, shape: _Shape) -> _Spare | None:  # type: ignore[no-untyped-def]
+        spare = _POOL.take(shape) if SPARES_PER_SHAPE > 0 else None
+        if spare is None:
+            return None
+        try:
+            self._limit(spare.group, limits)
+        except cgroups.CgroupError:
+            _POOL._drop(spare)  # noqa: SLF001
+            return None
+        spare.pooled = True   # renamed to the task's name once it runs (off its start path)
+        return spare
 
     @staticmethod
     def _limit(group: cgroups.TaskCgroup, limits) -> None:  # type: ignore[no-untyped-def]
@@ -470,8 +479,7 @@ class NamespaceExecutor:
         if spare.pooled:
             outcome["renaming"] = asyncio.ensure_future(asyncio.to_thread(spare.group.rename, *name))
         limit = request.log_limit_bytes
-        readers = [asyncio.ensure_future(_read_bounded(fd, size)) for fd, size in
-                   ((out_r, limit), (err_r, limit), (status_r, 1 << 16))]
+        readers = [_read_bounded(fd, size) for fd, size in ((out_r, limit), (err_r, limit), (status_r, 1 << 16))]
         outcome["readers"] = readers
         try:
             await asyncio.wait_for(asyncio.shield(readers[2]), request.timeout_seconds)
@@ -514,29 +522,56 @@ async def _finish(readers: list[asyncio.Future]) -> list[tuple[bytes, bool]]:
     """The readers' results once the cgroup is dead (every writer gone); empty output if one still hangs."""
     if not readers:
         return [(b"", False)] * 3
+    if all(f.done() for f in readers):
+        return [f.result() if not f.cancelled() and not f.exception() else (b"", False) for f in readers]
     done, pending = await asyncio.wait(readers, timeout=10)
     for future in pending:
         future.cancel()
     return [f.result() if f in done and not f.exception() else (b"", False) for f in readers]
 
 
-async def _read_bounded(fd: int, limit: int) -> tuple[bytes, bool]:
-    """Read a pipe to EOF, keeping the first ``limit`` bytes (and draining the rest so the writer never blocks)."""
+def _read_bounded(fd: int, limit: int) -> asyncio.Future:
+    """Read a pipe to EOF, keeping the first ``limit`` bytes (and draining the rest so the writer never
+    blocks); the future's result is (bytes, truncated). A bare reader callback, not a transport: the
+    task's end is one wakeup away from the executor."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                os.fdopen(fd, "rb", buffering=0))
+    future: asyncio.Future = loop.create_future()
     kept = bytearray()
-    truncated = False
-    try:
-        while chunk := await reader.read(1 << 16):
+    state = {"truncated": False}
+    os.set_blocking(fd, False)
+
+    def done() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            done()
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if chunk:
             room = limit - len(kept)
             if len(chunk) > room:
-                truncated = True
-            kept += chunk[:max(room, 0)]
-    finally:
-        transport.close()
-    return bytes(kept), truncated
+                state["truncated"] = True
+            kept.extend(chunk[:max(room, 0)])
+            return
+        done()
+        if not future.done():
+            future.set_result((bytes(kept), state["truncated"]))
+
+    def cancelled(f: asyncio.Future) -> None:
+        if f.cancelled():
+            with contextlib.suppress(OSError, ValueError):
+                done()
+
+    loop.add_reader(fd, readable)
+    future.add_done_callback(cancelled)
+    return future
 
 
 _NETWORK = {NetworkMode.NONE: "none", NetworkMode.LOCALHOST: "localhost", NetworkMode.FULL: "full",
