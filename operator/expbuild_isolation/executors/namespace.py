@@ -1,12 +1,21 @@
 """The namespace executor: Linux namespaces + cgroups + seccomp, no container runtime.
 
-Each task gets its own cgroup (limits set before anything runs in it), new PID,
-mount, network, UTS and IPC namespaces, a fresh root (read-only binds of the
-host's /usr, /bin, /lib* and a minimal /etc, or a directory), the workspace at
-/workspace, a fresh /proc, a minimal /dev, a size-limited noexec /tmp, no
+Each task gets its own cgroup (limits set before any task code runs in it), new
+PID, mount, network, UTS and IPC namespaces, a fresh root (read-only binds of
+the host's /usr, /bin, /lib* and a minimal /etc, or a directory), the workspace
+at /workspace, a fresh /proc, a minimal /dev, a size-limited noexec /tmp, no
 capabilities, no_new_privs, a non-root uid and a seccomp filter. The launch
 itself is done by the zygote in ``nsinit.py``; this module decides, waits, kills
 and reports.
+
+Start latency: a process-wide pool keeps ``SPARES_PER_SHAPE`` spare sandboxes
+(each in a fresh cgroup, namespaces made, root built and pivoted, nothing of a
+task yet) per shape; a task takes one, writes its limits, hands over its spec
+and pipes, and a daemon thread makes the replacement after the task ends. A
+task whose shape has no spare gets one made on the spot. Spare cgroups are
+named ``spare-N.<worker pid>`` until taken, then renamed after the task.
+``EXPBUILD_NAMESPACE_SPARES=0`` turns the pool off; ``EXPBUILD_NSINIT_TRACE=<file>``
+logs every phase's CLOCK_MONOTONIC time from all processes involved.
 
 Network: None gives a network namespace whose loopback stays *down* (even
 127.0.0.1 is unreachable); Localhost brings lo up, alone; Full shares the host
@@ -166,8 +175,8 @@ class _Shape:
 
 
 class _SparePool:
-    """Process-wide spares: a launcher child per shape that has already joined a fresh cgroup, unshared
-    its namespaces and built the generic part of the root, waiting for a task. Taking one removes the
+    """Process-wide spares: per shape, launchers that have unshared their namespaces, joined a fresh
+    cgroup and built and pivoted into the task-independent part of the root, waiting for a task. Taking one removes the
     cgroup join (an RCU grace period on cgroup v1), the forks, unshare and ~30 mounts from a task's
     start; one daemon thread refills. A spare older than ``SPARE_MAX_AGE`` is replaced (its binds of the
     host's /etc files would be stale)."""
@@ -177,6 +186,7 @@ class _SparePool:
         self._spares: dict[_Shape, list[_Spare]] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._filling = threading.Lock()   # one filler at a time (warmup and the thread), or both overshoot
 
     def take(self, shape: _Shape) -> _Spare | None:
         while True:
@@ -198,13 +208,14 @@ class _SparePool:
         """Make spares for ``shape`` until there are SPARES_PER_SHAPE (in the calling thread)."""
         with self._lock:
             self._spares.setdefault(shape, [])
-        while True:
-            with self._lock:
-                if len(self._spares[shape]) >= SPARES_PER_SHAPE:
-                    return
-            spare = make_spare(shape)
-            with self._lock:
-                self._spares[shape].append(spare)
+        with self._filling:
+            while True:
+                with self._lock:
+                    if len(self._spares[shape]) >= SPARES_PER_SHAPE:
+                        return
+                spare = make_spare(shape)
+                with self._lock:
+                    self._spares[shape].append(spare)
 
     def _kick(self) -> None:
         if SPARES_PER_SHAPE <= 0:
@@ -305,7 +316,10 @@ class NamespaceExecutor:
     async def warmup(self) -> None:
         await self.health_check()
         if SPARES_PER_SHAPE > 0:
-            await asyncio.to_thread(_POOL.fill, self._shape(NetworkMode.NONE))
+            try:
+                await asyncio.to_thread(_POOL.fill, self._shape(NetworkMode.NONE))
+            except (cgroups.CgroupError, OSError):
+                pass   # no spares: each task makes its own cgroup and launcher, and reports what fails
 
     def sweep(self) -> None:
         """Remove what a crashed worker left: cgroups (killing their processes) and disk tmpfs mounts."""

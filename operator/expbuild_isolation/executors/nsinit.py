@@ -1,21 +1,36 @@
-"""The launcher of the namespace executor: a pre-forked, single-threaded zygote.
+"""The launcher of the namespace executor: a single-threaded zygote that keeps spare sandboxes.
 
 Why a zygote: starting a Python interpreter per task costs 20-40 ms, and forking
 the worker itself is unsafe (it is an asyncio process with threads). The worker
-starts this module once (``python -m expbuild_isolation.executors.nsinit FD``);
-for each task it sends a JSON ``LaunchSpec`` plus three pipe ends (stdout,
-stderr, status) over a SOCK_SEQPACKET socket. The zygote forks:
+starts this module once (``python -m expbuild_isolation.executors.nsinit FD``).
 
-    zygote ── fork ──> waiter: joins the task cgroup, unshare(ns flags), fork
-                        └──> pid 1 of the new PID namespace: private mounts,
-                             pivot_root into a fresh root, /proc, /dev, /tmp,
-                             hostname, lo, drop caps, setuid, no_new_privs,
-                             seccomp, exec.
+Why spares: most of a sandbox does not depend on its task, and the slowest
+parts are kernel work -- joining a cgroup v1 hierarchy waits for an RCU grace
+period (1-15 ms, more under load), creating namespaces, forking a Python
+process, ~30 mounts, pivot_root. The worker asks for a spare per "shape"
+(namespaces, rootfs, host network) ahead of time by sending ``Prepared`` with
+the spare's end of a socket and the task cgroup's ``cgroup.procs`` files opened
+for writing. The zygote forks:
 
-The waiter writes ``exit N`` or ``signal N`` to the status pipe when pid 1 ends
-(the kernel then kills everything left in the namespace). Setup failures are
-written as ``setup-error: ...`` / ``exec-error: ...`` by pid 1 itself; the
-status pipe is close-on-exec, so the task never holds it.
+    zygote ── fork ──> waiter: setsid, unshare(namespaces), fork, then waits
+                        └──> pid 1 of the new PID namespace: joins the task
+                             cgroup, private mounts, a fresh root (read-only
+                             host binds, /proc, /dev, /etc), pivot_root,
+                             hostname, oom score, bounding set dropped --
+                             then blocks on the socket.
+
+The worker sets the cgroup's limits and sends the task's ``LaunchSpec`` with
+its stdout, stderr and status pipes (and the workspace and disk /tmp as
+open_tree() fds: the spare's mount table predates them) straight to pid 1,
+which attaches them, remounts / read-only, brings up lo if asked, drops to the
+task's uid with no capabilities, sets no_new_privs, loads the precompiled
+seccomp filter and execs. No task code runs before all of that.
+
+The waiter (outside the task cgroup) writes ``exit N`` or ``signal N`` to the
+status pipe when pid 1 ends (the kernel then kills everything left in the PID
+namespace). Setup failures -- including a spare's, found when its task comes --
+are written as ``setup-error: ...`` / ``exec-error: ...`` by pid 1 itself;
+every pipe is close-on-exec, so the task holds only its stdio.
 
 This module imports nothing heavy: it runs in every forked child.
 """
@@ -294,8 +309,8 @@ def effective_namespaces(namespaces: list[str], network: str) -> list[str]:
 class Prepared:
     """What a spare builds before its task is known (the executor keeps spares per shape)."""
 
-    cgroup_procs: list[str]      # for messages: the message carries these files opened for writing (so a
-    namespaces: list[str]        # rename does not matter); effective namespaces: the spec's must be the same
+    cgroup_procs: list[str]      # for messages; the request carries them opened (a rename does not matter)
+    namespaces: list[str]        # effective namespaces: the task's must be the same list
     rootfs: str = "host"
     shm_size_bytes: int = 64 << 20
     host_network: bool = False   # Full networking: the host's resolv.conf and hosts
