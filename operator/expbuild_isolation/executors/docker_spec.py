@@ -57,12 +57,9 @@ def seccomp_option(profile_name: str, *, as_file: str | None = None) -> str:
 
 
 def engine_profile(profile_name: str) -> dict:
-    """Our OCI profile in the shape engines accept: Docker refuses ``architectures`` beside ``archMap``."""
+    """Our OCI profile, as Docker and Podman take it."""
     from .seccomp import oci_profile
-    profile = dict(oci_profile(profile_name))
-    if profile.get("archMap"):
-        profile.pop("architectures", None)
-    return profile
+    return oci_profile(profile_name)
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,8 @@ def oci_profile(name: str) -> dict:
     return {
         "defaultAction": "SCMP_ACT_ALLOW",
         "defaultErrnoRet": errno.EPERM,
-        "archMap": [{"architecture": arches[0], "subArchitectures": list(arches[1:])}
-                    for arches in ARCHITECTURES.values()],
+        # Only ``architectures``: it is what the OCI runtime spec (and so containerd/CRI-O for
+        # Kubernetes Localhost profiles) reads, and Docker refuses it beside ``archMap``.
         "architectures": [arch for arches in ARCHITECTURES.values() for arch in arches],
         "syscalls": syscalls,
     }
