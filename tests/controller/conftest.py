@@ -87,7 +87,7 @@ def task_body(name: str, uid: str | None = None, **spec: Any) -> dict[str, Any]:
             "spec": {"image": "localhost/busybox:latest", "command": ["echo", "hello"]} | spec}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "") -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "") -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await check()

@@ -98,7 +98,8 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         except Exception as exc:
             metrics.RECONCILE_ERRORS.inc()
             raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
-        if task.status.phase is Phase.PENDING:
+        fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
+        if fresh is not None and ExecutionTask.model_validate(fresh).status.phase is Phase.PENDING:
             level = render.isolation_level(task, state.config).value
             patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
                      "isolationLevel": level, "observedGeneration": task.metadata.generation}
