@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     reapi.add_argument("--cache-size", default="2Gi", help="local CAS cache bound, a quantity (default 2Gi)")
     reapi.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     reapi.set_defaults(func=_reapi_worker)
+
+    agent = sub.add_parser("agent", help="run the node agent (DaemonSet): run tasks placed on this node")
+    agent.add_argument("--node", default=os.environ.get("NODE_NAME", ""), help="Kubernetes node name "
+                       "(default: $NODE_NAME)")
+    agent.add_argument("--config", type=Path, help="worker TOML file (executors, chain, max_concurrent_tasks)")
+    agent.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "expbuild-system"),
+                       help="namespace of the agents' Leases, the operator's (default: $POD_NAMESPACE)")
+    agent.add_argument("--task-namespace", action="append", default=[],
+                       help="only run tasks of this namespace (repeatable; default: all)")
+    agent.add_argument("--seccomp-dir", type=Path, default=Path("/var/lib/kubelet/seccomp/profiles"),
+                       help="where to install the seccomp profiles for the kubelet")
+    agent.add_argument("--metrics-port", type=int, default=8081, help="port of /healthz and /metrics (0: none)")
+    agent.set_defaults(func=_agent)
     return parser
 
 
@@ -175,6 +189,20 @@ def _operator(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CliError(f"the operator cannot start: {exc}") from None
     run_operator(args.namespace, liveness=args.liveness, peering=args.peering, standalone=args.standalone)
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    try:
+        from .agent.node import AgentSettings
+        from .agent.run import run_agent
+    except ImportError as exc:
+        raise CliError(f"the node agent cannot start: {exc}") from None
+    if not args.node:
+        raise CliError("agent: no node name: pass --node or set NODE_NAME (downward API spec.nodeName)")
+    config = load_worker_config(args.config) if args.config else WorkerConfig()
+    run_agent(config, AgentSettings(node=args.node, namespace=args.namespace, task_namespaces=args.task_namespace,
+                                    seccomp_dir=args.seccomp_dir), metrics_port=args.metrics_port)
     return 0
 
 

@@ -1,1 +1,62 @@
-"""The node agent (DaemonSet): runs tasks placed on its node through the local executor chain."""
+"""The node agent: runs ExecutionTasks the operator places on its node through the local executor chain.
+
+``expbuild-isolation agent --node NAME --config worker.toml --namespace NS``
+(node defaults to ``$NODE_NAME``, which a DaemonSet sets from
+``spec.nodeName`` through the downward API).
+
+What it does (``agent.node.NodeAgent``):
+
+- advertises itself with the Lease ``expbuild-agent-<node>`` in ``NS`` (the
+  operator's namespace), renewed every few seconds: healthy executors, the
+  isolation level of each, free slots, installed seccomp profiles
+  (``kube.leases``);
+- writes the project's seccomp profiles (``executors.seccomp.render_json``)
+  into the kubelet's seccomp directory (default
+  ``/var/lib/kubelet/seccomp/profiles``) and advertises them only once the
+  files exist;
+- finds tasks the operator placed on its node (label ``expbuild.io/node``,
+  phase Scheduled), claims each by creating the Lease ``xt-claim-<task uid>``
+  owned by the task (a 409 means another agent has it: a task never runs
+  twice), and runs it with ``worker.local.run_task``, the same path as
+  ``expbuild-isolation run``, so the status has the same shape as a local or
+  Job run, with ``node`` = this node and ``executor`` = the backend that ran it.
+  The executor's floor check (``executors.select``) never goes below
+  ``spec.isolation.minimum``;
+- patches the status (Running, then the final phase with reason, exitCode,
+  stats, outputs, logs) and posts Events;
+- on start, ends tasks it had claimed that are still unfinished with reason
+  AgentRestarted: their processes died with the previous agent, and running
+  them again could repeat side effects.
+
+What the DaemonSet needs, and why:
+
+- **root, or CAP_SYS_ADMIN (+ CAP_SETUID/SETGID, CAP_SYS_RESOURCE)** for the
+  namespace executor: it creates mount, PID, network, UTS and IPC namespaces
+  and writes cgroup v2 limits; ``hostPID`` is not needed, but the host's
+  cgroup tree must be writable (mount ``/sys/fs/cgroup`` read-write, or run
+  privileged). With only the docker or podman executor, the Docker/Podman
+  socket (hostPath ``/var/run/docker.sock``) instead: whoever holds that socket
+  is root on the node, which is why it is the agent, never a task, that holds it;
+- hostPath ``/var/lib/kubelet/seccomp`` (read-write) to install the profiles
+  that Jobs refer to as ``Localhost profiles/expbuild-*.json``;
+- a ServiceAccount allowed only to: get/list/watch/patch ``executiontasks`` and
+  ``executiontasks/status`` (cluster-wide, or per namespace with
+  ``--task-namespace``); create/get/patch/update ``leases`` (its own in ``NS``,
+  claims in task namespaces); create ``events``; get ``configmaps`` for
+  ConfigMap inputs;
+- ``NODE_NAME`` from the downward API, a liveness probe on ``/healthz`` and a
+  scrape of ``/metrics`` (``--metrics-port``, default 8081).
+
+Tasks never see the agent's credentials: the executors pass the task only the
+environment it declares (plus PATH/HOME defaults), and run it in its own mount
+namespace (or container). The namespace executor's root is a fresh tmpfs
+holding read-only binds of /usr, /bin, /sbin, /lib* and a minimal /etc
+(``executors.nsinit.HOST_DIRS``) even with ``rootfs = "host"``, so
+``/var/run/secrets/kubernetes.io/serviceaccount`` (mounted into the agent's
+own container) is not in the sandbox; a container backend starts from the
+task's image. ``tests/agent`` checks the token path is absent inside a task.
+
+The agent polls its tasks (one filtered list per ``poll_seconds``) instead of
+watching; simple and restart-safe, at the cost of up to ``poll_seconds`` of
+latency.
+"""

@@ -35,6 +35,18 @@ Variables (all optional):
     How often unfinished tasks are re-checked besides watch events (default 30).
 ``EXPBUILD_METRICS_PORT``
     Port of the Prometheus /metrics server (default 8080, 0 disables it).
+``EXPBUILD_AGENT_NAMESPACE``
+    Namespace of the node agents' Leases: the operator's own (default: the
+    ``POD_NAMESPACE`` variable of its pod, else ``expbuild-system``).
+``EXPBUILD_AGENT_FALLBACK_SECONDS``
+    How long an ``auto`` task's pod may stay unschedulable before the task is
+    placed on a node agent instead (default 60).
+``EXPBUILD_AGENT_CHECK_SECONDS``
+    How often tasks placed on agents are checked for a lost agent (default 10).
+``EXPBUILD_HARD_DISK_LIMITS``
+    ``true``: treat ``spec.resources.disk`` as a hard limit, which only a node
+    agent can enforce (a Job's emptyDir sizeLimit only evicts afterwards), so
+    ``auto`` tasks with a disk limit go to agents.
 """
 
 from __future__ import annotations
@@ -63,6 +75,10 @@ class OperatorConfig(BaseModel):
     image_pull_grace_seconds: float = Field(120.0, ge=0)
     resync_seconds: float = Field(30.0, gt=0)
     metrics_port: int = Field(8080, ge=0, le=65535)
+    agent_namespace: str = "expbuild-system"
+    agent_fallback_seconds: float = Field(60.0, ge=0)
+    agent_check_seconds: float = Field(10.0, gt=0)
+    hard_disk_limits: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -77,10 +93,18 @@ class OperatorConfig(BaseModel):
                    "EXPBUILD_JOB_TTL_SECONDS": "job_ttl_seconds", "EXPBUILD_SUPERVISOR_IMAGE": "supervisor_image",
                    "EXPBUILD_SUPERVISOR_BINARY": "supervisor_binary",
                    "EXPBUILD_IMAGE_PULL_GRACE_SECONDS": "image_pull_grace_seconds",
-                   "EXPBUILD_RESYNC_SECONDS": "resync_seconds", "EXPBUILD_METRICS_PORT": "metrics_port"}
+                   "EXPBUILD_RESYNC_SECONDS": "resync_seconds", "EXPBUILD_METRICS_PORT": "metrics_port",
+                   "EXPBUILD_AGENT_FALLBACK_SECONDS": "agent_fallback_seconds",
+                   "EXPBUILD_AGENT_CHECK_SECONDS": "agent_check_seconds"}
+        if env.get("POD_NAMESPACE", "").strip():
+            values["agent_namespace"] = env["POD_NAMESPACE"].strip()
+        if env.get("EXPBUILD_AGENT_NAMESPACE", "").strip():
+            values["agent_namespace"] = env["EXPBUILD_AGENT_NAMESPACE"].strip()
         for var, field in scalars.items():
             if env.get(var, "").strip():
                 values[field] = env[var].strip()
+        if "EXPBUILD_HARD_DISK_LIMITS" in env:
+            values["hard_disk_limits"] = env["EXPBUILD_HARD_DISK_LIMITS"].strip().lower() in {"1", "true", "yes", "on"}
         if "EXPBUILD_FQDN_POLICIES" in env:
             values["fqdn_policies"] = env["EXPBUILD_FQDN_POLICIES"].strip().lower() in {"1", "true", "yes", "on"}
         return cls.model_validate(values)

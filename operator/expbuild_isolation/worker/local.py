@@ -160,38 +160,43 @@ def status_from_result(result: ExecutionResult, *, started: datetime, finished: 
                  for f in result.output_files])
 
 
-def error_status(reason: str, message: str, *, executor: str = "") -> ExecutionTaskStatus:
+def error_status(reason: str, message: str, *, executor: str = "", node: str | None = None) -> ExecutionTaskStatus:
     now = datetime.now(timezone.utc)
     return ExecutionTaskStatus(phase=Phase.ERROR, reason=reason, message=message, executor=executor,
-                               completion_time=now, node=socket.gethostname())
+                               completion_time=now, node=node or socket.gethostname())
 
 
 async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: WorkerConfig, *,
-                   base_dir: Path = Path("."), on_selected=None) -> ExecutionTaskStatus:  # type: ignore[no-untyped-def]
-    """Run ``task`` through the first executor in ``chain`` that qualifies; never raises for task problems."""
+                   base_dir: Path = Path("."), on_selected=None,  # type: ignore[no-untyped-def]
+                   node: str | None = None) -> ExecutionTaskStatus:
+    """Run ``task`` through the first executor in ``chain`` that qualifies; never raises for task problems.
+
+    ``node`` is what the status reports as the node (default: this host's name; the node agent passes
+    its Kubernetes node name).
+    """
+    node = node or socket.gethostname()
     try:
         blobs = input_blobs(task, base_dir)
     except InvalidTask as exc:
-        return error_status("InvalidTask", str(exc))
+        return error_status("InvalidTask", str(exc), node=node)
     workspace = create_workspace(config.work_dir)
     try:
         try:
             place_inputs(workspace, blobs)
         except (WorkspaceError, OSError) as exc:
-            return error_status("InvalidTask", f"spec.inputs: {exc}")
+            return error_status("InvalidTask", f"spec.inputs: {exc}", node=node)
         request = request_for(task, workspace)
         try:
             executor = await select_executor(chain, request)
         except IsolationUnavailable as exc:
-            return error_status("IsolationUnavailable", str(exc))
+            return error_status("IsolationUnavailable", str(exc), node=node)
         if on_selected is not None:
             on_selected(executor)
         started = datetime.now(timezone.utc)
         try:
             result = await executor.execute(request)
         except ExecutorUnavailable as exc:
-            return error_status("ExecutorFailed", f"{executor.name}: {exc}", executor=executor.name)
-        return status_from_result(result, started=started, finished=datetime.now(timezone.utc),
-                                  node=socket.gethostname())
+            return error_status("ExecutorFailed", f"{executor.name}: {exc}", executor=executor.name, node=node)
+        return status_from_result(result, started=started, finished=datetime.now(timezone.utc), node=node)
     finally:
         remove_workspace(workspace)

@@ -1,0 +1,119 @@
+"""The few API calls a node agent makes, over aiohttp with the credentials of a ``kopf.ConnectionInfo``.
+
+The agent is not a kopf operator (two kopf operators on one resource would
+fight over its progress annotations); it borrows kopf's login only, so
+in-cluster it authenticates with its service account and outside with the
+kubeconfig, exactly like the operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ..api.task import GROUP, PLURAL, VERSION
+
+TASKS = f"/apis/{GROUP}/{VERSION}"
+LEASES = "/apis/coordination.k8s.io/v1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+def _pem_file(data: Any) -> str:
+    raw = data if isinstance(data, bytes) else str(data).encode()
+    if not raw.lstrip().startswith(b"-----"):
+        raw = base64.b64decode(raw)
+    handle = tempfile.NamedTemporaryFile(prefix="expbuild-agent-", delete=False)
+    handle.write(raw)
+    handle.close()
+    return handle.name
+
+
+def tasks_path(namespace: str | None, name: str = "") -> str:
+    base = f"{TASKS}/namespaces/{quote(namespace)}/{PLURAL}" if namespace else f"{TASKS}/{PLURAL}"
+    return f"{base}/{quote(name)}" if name else base
+
+
+def leases_path(namespace: str | None, name: str = "") -> str:
+    base = f"{LEASES}/namespaces/{quote(namespace)}/leases" if namespace else f"{LEASES}/leases"
+    return f"{base}/{quote(name)}" if name else base
+
+
+class AgentApi:
+    def __init__(self, server: str, *, headers: dict[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | bool | None = None) -> None:
+        self.server = server.rstrip("/")
+        self._headers = headers or {}
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_connection(cls, info: Any) -> AgentApi:
+        """From a ``kopf.ConnectionInfo`` (``kopf.login_via_client`` in production)."""
+        headers: dict[str, str] = {}
+        if info.token:
+            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        elif info.username:
+            headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password or "").encode()
+        context: ssl.SSLContext | bool | None = None
+        if info.insecure:
+            context = False
+        elif info.ca_path or info.ca_data or info.certificate_path or info.certificate_data:
+            context = ssl.create_default_context(cafile=info.ca_path or (_pem_file(info.ca_data) if info.ca_data
+                                                                          else None))
+            if info.certificate_path or info.certificate_data:
+                context.load_cert_chain(info.certificate_path or _pem_file(info.certificate_data),
+                                        info.private_key_path or _pem_file(info.private_key_data))
+        return cls(info.server, headers=headers, ssl_context=context)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+                   content_type: str = "application/json") -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        headers = {"Accept": "application/json", "Content-Type": content_type, **self._headers}
+        async with self._session.request(method, self.server + path, json=body, params=query, headers=headers,
+                                         ssl=self._ssl) as response:
+            data = await response.json(content_type=None) if response.content_length != 0 else None
+            if response.status >= 400:
+                message = data.get("message", "") if isinstance(data, dict) else str(data)[:500]
+                raise ApiError(response.status, message)
+            return data or {}
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return await self.call("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def items(self, path: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """A listing, filtered by ``labels`` here too (not every server honours labelSelector)."""
+        labels = labels or {}
+        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+        listing = await self.call("GET", path, query=query)
+        return [item for item in listing.get("items") or []
+                if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", path, body=body)
+
+    async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("PUT", path, body=body)
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("PATCH", path, body=body, content_type="application/merge-patch+json")

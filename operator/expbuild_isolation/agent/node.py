@@ -1,0 +1,305 @@
+"""One node's agent: advertise, claim, run, report. See the package docstring for the why."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import audit, metrics
+from ..api.task import ExecutionTask, Phase
+from ..executors.base import ExecutorUnavailable, TaskExecutor
+from ..kube.leases import (
+    NODE_LABEL, AgentAdvert, claim_holder, label_value, render_agent_lease, render_claim,
+)
+from ..kube.status import parse_time, timestamp
+from ..worker.chain import LOCAL_BACKENDS, build_chain
+from ..worker.config import WorkerConfig
+from ..worker.local import LOG_TAIL_CHARS, run_task
+from .api import AgentApi, ApiError, leases_path, tasks_path
+
+LOG = logging.getLogger("expbuild.agent")
+DEFAULT_SECCOMP_DIR = Path("/var/lib/kubelet/seccomp/profiles")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class AgentSettings:
+    node: str
+    namespace: str                       # where the agent's own Lease lives (the operator's namespace)
+    agent_id: str = ""                   # holderIdentity of its Lease and claims; default: the node name
+    task_namespaces: list[str] = field(default_factory=list)  # empty: every namespace
+    poll_seconds: float = 1.0
+    renew_seconds: float = 5.0
+    lease_seconds: int = 15
+    health_seconds: float = 30.0
+    seccomp_dir: Path | None = DEFAULT_SECCOMP_DIR  # None: do not install profiles
+    log_tail_chars: int = LOG_TAIL_CHARS
+
+    @property
+    def identity(self) -> str:
+        return self.agent_id or self.node
+
+
+ChainFor = Callable[[str], Sequence[TaskExecutor]]
+
+
+class NodeAgent:
+    """``await agent.run()`` until cancelled. ``chain_for(executor)`` gives the chain a task runs through."""
+
+    def __init__(self, api: AgentApi, config: WorkerConfig, settings: AgentSettings, *,
+                 chain_for: ChainFor | None = None) -> None:
+        self.api, self.config, self.settings = api, config, settings
+        self._executors = {executor.name: executor for executor in build_chain(config)}
+        self._chain_for = chain_for or self._default_chain
+        self.healthy: list[str] = []
+        self.seccomp_profiles: list[str] = []
+        self.running: dict[str, asyncio.Task[None]] = {}  # task uid -> its run
+        self.last_renewal: datetime | None = None
+        self.started = asyncio.Event()  # set once recovered and advertised
+
+    def _default_chain(self, executor: str) -> Sequence[TaskExecutor]:
+        if executor in LOCAL_BACKENDS:
+            return [self._executors[executor]] if executor in self._executors else build_chain(self.config, executor)
+        return list(self._executors.values())
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.config.max_concurrent_tasks - len(self.running))
+
+    # --- the loops ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self.install_seccomp_profiles()
+            await self.check_health()
+            await self.recover()
+            await self.renew()
+            self.started.set()
+            await asyncio.gather(self._every(self.settings.renew_seconds, self.renew),
+                                 self._every(self.settings.health_seconds, self.check_health),
+                                 self._every(self.settings.poll_seconds, self.poll))
+        finally:
+            runs = list(self.running.values())
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+
+    async def _every(self, seconds: float, step: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one failed round must not stop the agent; the next one retries
+                metrics.RECONCILE_ERRORS.inc()
+                LOG.warning("%s failed: %s", getattr(step, "__name__", step), exc)
+
+    # --- advertising --------------------------------------------------------------------------------------
+
+    def install_seccomp_profiles(self) -> None:
+        """Write the project's profiles for the kubelet; advertise only those whose file now exists."""
+        directory = self.settings.seccomp_dir
+        if directory is None:
+            return
+        from ..executors.seccomp import PROFILES, render_json
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name in PROFILES:
+                path = directory / f"{name}.json"
+                text = render_json(name)
+                if not path.exists() or path.read_text() != text:
+                    tmp = path.with_suffix(".json.tmp")
+                    tmp.write_text(text)
+                    tmp.replace(path)  # the kubelet never reads a half-written profile
+        except OSError as exc:
+            LOG.warning("seccomp profiles not installed in %s: %s", directory, exc)
+        self.seccomp_profiles = [name for name in PROFILES if (directory / f"{name}.json").is_file()]
+
+    async def check_health(self) -> None:
+        healthy = []
+        for name, executor in self._executors.items():
+            try:
+                await executor.health_check()
+                healthy.append(name)
+                metrics.EXECUTOR_HEALTHY.labels(executor=name).set(1)
+            except ExecutorUnavailable as exc:
+                LOG.info("executor %s unavailable: %s", name, exc)
+                metrics.EXECUTOR_HEALTHY.labels(executor=name).set(0)
+        self.healthy = healthy
+
+    def advert(self) -> AgentAdvert:
+        levels = {name: self._executors[name].isolation_level() for name in self.healthy}
+        return AgentAdvert(node=self.settings.node, holder=self.settings.identity, executors=tuple(self.healthy),
+                           levels=levels, free_slots=self.free_slots, seccomp_profiles=tuple(self.seccomp_profiles),
+                           duration_seconds=self.settings.lease_seconds)
+
+    async def renew(self) -> None:
+        at = now()
+        lease = render_agent_lease(self.advert(), self.settings.namespace, at)
+        try:
+            await self.api.create(leases_path(self.settings.namespace), lease)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            path = leases_path(self.settings.namespace, lease["metadata"]["name"])
+            await self.api.merge_patch(path, {"metadata": {"labels": lease["metadata"]["labels"],
+                                                           "annotations": lease["metadata"]["annotations"]},
+                                              "spec": lease["spec"]})
+        self.last_renewal = at
+
+    # --- restart ------------------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """End what this agent claimed before a restart and is not running now: AgentRestarted, never re-run."""
+        claims = []
+        for namespace in self.settings.task_namespaces or [None]:
+            claims += await self.api.items(leases_path(namespace), {NODE_LABEL: label_value(self.settings.node)})
+        for claim in claims:
+            if claim_holder(claim) != self.settings.identity:
+                continue
+            meta = claim.get("metadata") or {}
+            name = (meta.get("annotations") or {}).get("expbuild.io/task-name")
+            body = await self.api.get(tasks_path(meta.get("namespace"), name)) if name else None
+            if body is None:
+                continue
+            task = ExecutionTask.model_validate(body)
+            if task.status.phase.finished or task.metadata.uid in self.running:
+                continue
+            message = (f"the node agent {self.settings.identity} on {self.settings.node} restarted while the task "
+                       f"was {task.status.phase.value}; it is not run again (it may have had side effects)")
+            await self._finish(task, body, {"phase": Phase.ERROR.value, "reason": "AgentRestarted",
+                                            "message": message, "node": self.settings.node,
+                                            "completionTime": timestamp(now())}, warning=True)
+
+    # --- tasks --------------------------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        bodies = []
+        for namespace in self.settings.task_namespaces or [None]:
+            bodies += await self.api.items(tasks_path(namespace), {NODE_LABEL: label_value(self.settings.node)})
+        for body in bodies:
+            task = ExecutionTask.model_validate(body)
+            uid = task.metadata.uid
+            run = self.running.get(uid)
+            if run is not None:
+                if task.spec.cancel or task.status.phase.finished:
+                    run.cancel()  # the operator already wrote Cancelled
+                continue
+            if task.status.phase is not Phase.SCHEDULED or task.spec.cancel or not self.free_slots:
+                continue
+            self.running[uid] = asyncio.create_task(self._claim_and_run(task, body), name=f"task-{task.key}")
+            self.running[uid].add_done_callback(lambda _, uid=uid: self.running.pop(uid, None))
+
+    async def _claim_and_run(self, task: ExecutionTask, body: dict[str, Any]) -> None:
+        try:
+            await self.api.create(leases_path(task.metadata.namespace),
+                                  render_claim(task, self.settings.identity, self.settings.node, now()))
+        except ApiError as exc:
+            if exc.status == 409:
+                LOG.info("%s is claimed by another agent", task.key)
+                return
+            raise
+        try:
+            await self._run(task, body)
+        except asyncio.CancelledError:
+            raise  # a cancelled task (operator wrote Cancelled) or a stopping agent (recover() ends it next start)
+        except Exception as exc:
+            LOG.exception("running %s failed", task.key)
+            await self._finish(task, body, {"phase": Phase.ERROR.value, "reason": "AgentFailed",
+                                            "message": f"the node agent failed to run the task: {exc}",
+                                            "node": self.settings.node, "completionTime": timestamp(now())},
+                               warning=True)
+
+    async def _run(self, task: ExecutionTask, body: dict[str, Any]) -> None:
+        started: list[asyncio.Task[None]] = []
+
+        def on_selected(executor: TaskExecutor) -> None:
+            level = executor.isolation_level().value
+            patch = {"phase": Phase.RUNNING.value, "reason": "Started", "message": "", "executor": executor.name,
+                     "isolationLevel": level, "node": self.settings.node, "startTime": timestamp(now()),
+                     "observedGeneration": task.metadata.generation}
+            started.append(asyncio.create_task(self._started(task, body, patch)))
+
+        with tempfile.TemporaryDirectory(prefix="expbuild-agent-inputs-") as base_dir:
+            await self._fetch_config_maps(task, Path(base_dir))
+            status = await run_task(task, self._chain_for(task.spec.isolation.executor), self.config,
+                                    base_dir=Path(base_dir), on_selected=on_selected, node=self.settings.node)
+        if started:
+            await started[0]
+        patch = status.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"conditions"})
+        patch["observedGeneration"] = task.metadata.generation
+        await self._finish(task, body, patch, warning=status.phase is not Phase.SUCCEEDED)
+
+    async def _started(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any]) -> None:
+        await self._patch_status(task, patch)
+        await self._event(body, "Normal", "Started",
+                          f"running on node {self.settings.node} with {patch['executor']} "
+                          f"({patch['isolationLevel']} isolation)")
+        audit.emit(audit.audit_record(task, "start", executor=patch["executor"], isolation=patch["isolationLevel"]))
+        metrics.TASKS_RUNNING.labels(executor=patch["executor"]).inc()
+        created = parse_time(body.get("metadata", {}).get("creationTimestamp"))
+        metrics.task_started(patch["executor"], (now() - created).total_seconds() if created else None)
+
+    async def _fetch_config_maps(self, task: ExecutionTask, base_dir: Path) -> None:
+        """ConfigMap inputs as ``<name>.yaml`` files, where ``run_task`` reads them."""
+        for item in task.spec.inputs:
+            if item.config_map is None:
+                continue
+            name = item.config_map.name
+            config_map = await self.api.get(f"/api/v1/namespaces/{task.metadata.namespace}/configmaps/{name}")
+            if config_map is not None:
+                (base_dir / f"{name}.yaml").write_text(yaml.safe_dump(config_map))
+
+    async def _finish(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any], *,
+                      warning: bool) -> None:
+        fresh = await self.api.get(tasks_path(task.metadata.namespace, task.metadata.name))
+        if fresh is None or ExecutionTask.model_validate(fresh).status.phase.finished:
+            return  # deleted, or ended by the operator (Cancelled, AgentLost) meanwhile: its word stands
+        current = ExecutionTask.model_validate(fresh).status
+        await self._patch_status(task, patch)
+        message = patch.get("message") or f"{current.phase.value} -> {patch['phase']}"
+        if "exitCode" in patch:
+            message = f"exit code {patch['exitCode']}; {message}"
+        await self._event(body, "Warning" if warning else "Normal", patch.get("reason") or patch["phase"], message)
+        executor = patch.get("executor") or current.executor or "agent"
+        if current.phase is Phase.RUNNING or "startTime" in patch:
+            metrics.TASKS_RUNNING.labels(executor=executor).dec()
+        metrics.task_finished(patch["phase"], executor, patch.get("durationSeconds"))
+        outcome = {key: patch[key] for key in ("phase", "reason", "message", "exitCode", "durationSeconds", "node")
+                   if key in patch}
+        audit.emit(audit.audit_record(task, "end", executor=executor, isolation=patch.get("isolationLevel") or "",
+                                      outcome=outcome))
+
+    async def _patch_status(self, task: ExecutionTask, patch: dict[str, Any]) -> None:
+        await self.api.merge_patch(tasks_path(task.metadata.namespace, task.metadata.name) + "/status",
+                                   {"status": patch})
+
+    async def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = body.get("metadata") or {}
+        at = timestamp(now())
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": meta.get("namespace")},
+                 "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                                    "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+                 "type": kind, "reason": reason, "message": message[:1024], "count": 1,
+                 "firstTimestamp": at, "lastTimestamp": at,
+                 "source": {"component": "expbuild-agent", "host": self.settings.node},
+                 "reportingComponent": "expbuild.io/agent", "reportingInstance": self.settings.identity}
+        try:
+            await self.api.create(f"/api/v1/namespaces/{meta.get('namespace')}/events", event)
+        except ApiError as exc:  # Events are a convenience; the status is the record
+            LOG.warning("no event for %s: %s", meta.get("name"), exc)
