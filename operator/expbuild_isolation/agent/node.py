@@ -21,7 +21,7 @@ from ..executors.base import ExecutorUnavailable, TaskExecutor
 from ..kube.leases import (
     NODE_LABEL, AgentAdvert, claim_holder, label_value, render_agent_lease, render_claim,
 )
-from ..kube.status import parse_time, timestamp
+from ..kube.status import parse_time, task_conditions, timestamp
 from ..worker.chain import LOCAL_BACKENDS, build_chain
 from ..worker.config import WorkerConfig
 from ..worker.local import LOG_TAIL_CHARS, run_task
@@ -231,7 +231,9 @@ class NodeAgent:
             level = executor.isolation_level().value
             patch = {"phase": Phase.RUNNING.value, "reason": "Started", "message": "", "executor": executor.name,
                      "isolationLevel": level, "node": self.settings.node, "startTime": timestamp(now()),
-                     "observedGeneration": task.metadata.generation}
+                     "observedGeneration": task.metadata.generation,
+                     "conditions": task_conditions(task, [("Scheduled", "True", "", ""), ("Started", "True", "", "")],
+                                                   now())}
             started.append(asyncio.create_task(self._started(task, body, patch)))
 
         with tempfile.TemporaryDirectory(prefix="expbuild-agent-inputs-") as base_dir:
@@ -270,6 +272,8 @@ class NodeAgent:
         if fresh is None or ExecutionTask.model_validate(fresh).status.phase.finished:
             return  # deleted, or ended by the operator (Cancelled, AgentLost) meanwhile: its word stands
         current = ExecutionTask.model_validate(fresh).status
+        patch.setdefault("conditions", task_conditions(ExecutionTask.model_validate(fresh), [
+            ("Scheduled", "True", "", ""), ("Finished", "True", patch.get("reason", ""), patch.get("message", ""))], now()))
         await self._patch_status(task, patch)
         message = patch.get("message") or f"{current.phase.value} -> {patch['phase']}"
         if "exitCode" in patch:

@@ -27,6 +27,7 @@ _COLLECTIONS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     ("cilium.io/v2", "CiliumNetworkPolicy"): "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies",
     (f"{GROUP}/{VERSION}", "ExecutionTask"): f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+    ("coordination.k8s.io/v1", "Lease"): "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
 }
 
 
@@ -132,6 +133,17 @@ class Cluster:
     async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}/status"
         await self.call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    async def patch_task(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of the task itself (metadata: the node label of a placed task)."""
+        path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}"
+        await self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    async def list_labelled(self, api_version: str, kind: str, namespace: str, label: str) -> list[dict[str, Any]]:
+        """Objects carrying ``label`` (filtered here too: not every server honours labelSelector)."""
+        listing = await self.call("GET", self.collection(api_version, kind, namespace), query=[("labelSelector", label)])
+        return [item for item in listing.get("items") or []
+                if label in ((item.get("metadata") or {}).get("labels") or {})]
 
     async def pod_for_task(self, namespace: str, task_name: str) -> dict[str, Any] | None:
         """The newest pod of the task's Job (there is at most one with backoffLimit 0)."""

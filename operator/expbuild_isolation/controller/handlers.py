@@ -7,6 +7,13 @@ status from what the API server says, so a restarted operator rebuilds the
 truth instead of remembering it. Cancel and delete remove the Job and end in
 Cancelled. Status is patched only through ``cluster`` (never kopf's ``patch``)
 so that all writers are serialized by one per-task lock.
+
+Before rendering, ``kube.placement`` decides between the Job path and a node
+agent (from the agents' fresh Leases). A task placed on an agent gets status
+Scheduled (executor ``agent``, the node, the decision as message) and the
+label ``expbuild.io/node``; the agent on that node claims, runs and reports
+it. ``agent_lost`` checks those tasks: when their agent's Lease expires, a
+claimed task ends in Error/AgentLost, an unclaimed one is placed again.
 """
 
 from __future__ import annotations
@@ -21,12 +28,16 @@ import kopf
 
 from .. import audit, metrics
 from ..api.task import GROUP, PLURAL, VERSION, ExecutionTask, Phase
-from ..kube import render
+from ..kube import placement, render
 from ..kube.config import OperatorConfig
 from ..kube.errors import RenderError
+from ..kube.leases import (
+    AGENT_LABEL, LEASE_API_VERSION, NODE_LABEL, agent_lease_name, claim_holder, claim_name, fresh_agents,
+    label_value, lease_is_fresh,
+)
 from ..kube.names import MANAGED_BY, TASK_LABEL, TASK_NAME_ANNOTATION, object_name
 from ..kube.status import parse_time, status_from, timestamp
-from .cluster import Cluster, NotOwned
+from .cluster import ApiError, Cluster, NotOwned
 
 EXECUTOR = "job"
 FOLLOWED = {TASK_LABEL: kopf.PRESENT, **MANAGED_BY}
@@ -78,11 +89,18 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     state: OperatorState = memo.state
     task = ExecutionTask.model_validate(dict(body))
-    if task.status.phase.finished or task.spec.isolation.executor == "agent":
-        return  # finished, or for a node agent: not the Job path's business
+    if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
+        return  # finished, or placed on a node agent (``agent_lost`` watches it from now on)
     async with state.lock(task.key):
         if task.spec.cancel:
             await _cancel(state, task, dict(body), "cancelled before it started (spec.cancel)")
+            return
+        plan = await _plan(state, task)
+        if plan.kind == "error":
+            await _reject(state, task, dict(body), plan.reason, plan.message)
+            return
+        if plan.kind == "agent":
+            await _place(state, task, dict(body), plan)
             return
         try:
             objects = render.objects_for(task, state.config)
@@ -96,6 +114,11 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             await _reject(state, task, dict(body), "NameConflict", str(exc))
             return
         except Exception as exc:
+            if isinstance(exc, ApiError) and exc.status in (403, 422) and task.spec.isolation.executor == "auto":
+                plan = await _plan(state, task, job_refused=str(exc))
+                if plan.kind == "agent":
+                    await _place(state, task, dict(body), plan)
+                    return
             metrics.RECONCILE_ERRORS.inc()
             raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
         fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
@@ -108,6 +131,25 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
                        message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
             audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
     await reconcile(state, task.metadata.namespace, task.metadata.name)
+
+
+async def _plan(state: OperatorState, task: ExecutionTask, **why: Any) -> placement.Plan:
+    """Where ``task`` runs; the agents' Leases are read only when the answer can depend on them."""
+    plan = placement.decide(task, [], config=state.config, **why)
+    if plan.kind == "job":
+        return plan
+    leases = await state.api.list_labelled(LEASE_API_VERSION, "Lease", state.config.agent_namespace, AGENT_LABEL)
+    return placement.decide(task, fresh_agents(leases, now()), config=state.config, **why)
+
+
+async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any], plan: placement.Plan) -> None:
+    """Hand ``task`` to the agent on ``plan.node``: status first, then the label the agent lists by."""
+    meta = task.metadata
+    patch = {"phase": Phase.SCHEDULED.value, "reason": plan.reason, "message": plan.message, "executor": "agent",
+             "node": plan.node, "observedGeneration": meta.generation}
+    await state.api.patch_task_status(meta.namespace, meta.name, patch)
+    await state.api.patch_task(meta.namespace, meta.name, {"metadata": {"labels": {NODE_LABEL: label_value(plan.node)}}})
+    kopf.event(body, type="Normal", reason="Scheduled", message=f"placed on node agent {plan.node}: {plan.message}"[:1024])
 
 
 async def follow(body: kopf.Body, **kwargs: Any) -> None:
@@ -138,11 +180,18 @@ async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
         return
     task = ExecutionTask.model_validate(body)
     if (task.status.phase.finished or task.status.phase is Phase.PENDING or task.spec.cancel
-            or task.spec.isolation.executor not in render.JOB_EXECUTORS):
+            or task.spec.isolation.executor not in render.JOB_EXECUTORS or NODE_LABEL in task.metadata.labels):
         return
     job = await state.api.get("batch/v1", "Job", namespace, object_name(name))
     pod = await state.api.pod_for_task(namespace, name)
     patch = status_from(task, job, pod, now(), image_pull_grace=state.config.image_pull_grace_seconds)
+    if patch.get("reason") == "Unschedulable" and task.spec.isolation.executor == "auto":
+        since = _unschedulable_since(pod)
+        plan = await _plan(state, task, unschedulable_for=(now() - since).total_seconds()) if since else None
+        if plan is not None and plan.kind == "agent":
+            await state.api.delete_job(namespace, object_name(name))
+            await _place(state, task, body, plan)
+            return
     current = task.status.model_dump(by_alias=True, mode="json")
     if not patch or all(current.get(key) == value for key, value in patch.items()):
         return
@@ -152,6 +201,49 @@ async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
         patch["logs"] = {"stdoutTail": text, "stderrTail": "", "truncated": cut}
     await state.api.patch_task_status(namespace, name, patch)
     _transition(state, task, body, patch)
+
+
+def _unschedulable_since(pod: dict[str, Any] | None) -> datetime | None:
+    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return parse_time(cond.get("lastTransitionTime"))
+    return None
+
+
+async def agent_lost(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A task placed on an agent whose Lease expired: AgentLost if claimed, else placed again."""
+    state: OperatorState = memo.state
+    meta = body.get("metadata", {})
+    async with state.lock(_key(meta["namespace"], meta["name"])):
+        fresh = await state.api.get_task(meta["namespace"], meta["name"])
+        if fresh is None:
+            return
+        task = ExecutionTask.model_validate(fresh)
+        node = task.status.node or task.metadata.labels.get(NODE_LABEL, "")
+        if task.status.phase.finished or task.spec.cancel:
+            return
+        lease = await state.api.get(LEASE_API_VERSION, "Lease", state.config.agent_namespace, agent_lease_name(node))
+        if lease is not None and lease_is_fresh(lease, now()):
+            return
+        last = ((lease or {}).get("spec") or {}).get("renewTime") or "never"
+        claim = await state.api.get(LEASE_API_VERSION, "Lease", task.metadata.namespace, claim_name(task.metadata.uid))
+        if claim is None:
+            plan = await _plan(state, task)
+            if plan.kind == "agent":
+                await _place(state, task, fresh, plan)
+                return
+            if plan.kind == "job":  # an auto task sent to an agent because the Job path failed it
+                plan = placement.Plan("error", reason="AgentLost", message=f"the node agent on {node} is gone "
+                                      f"and the Job path already refused this task")
+            await _reject(state, task, fresh, plan.reason, plan.message)
+            return
+        message = (f"the node agent {claim_holder(claim)} on {node} stopped renewing its Lease "
+                   f"{agent_lease_name(node)} (last renewed {last}); the task's processes are lost with it")
+        patch = {"phase": Phase.ERROR.value, "reason": "AgentLost", "message": message, "node": node,
+                 "completionTime": timestamp(now()), "observedGeneration": task.metadata.generation}
+        await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
+        kopf.event(fresh, type="Warning", reason="AgentLost", message=message[:1024])
+        _finished(state, task, patch)
 
 
 async def _log_tail(state: OperatorState, pod: dict[str, Any]) -> tuple[str, bool]:
@@ -259,4 +351,6 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
     kopf.timer(*resource, interval=config.resync_seconds, initial_delay=config.resync_seconds, idle=None,
                when=_unfinished, registry=registry, id="resync")(resync)
+    kopf.timer(*resource, interval=config.agent_check_seconds, initial_delay=config.agent_check_seconds, idle=None,
+               labels={NODE_LABEL: kopf.PRESENT}, when=_unfinished, registry=registry, id="agent-lost")(agent_lost)
     return registry

@@ -55,6 +55,11 @@ def _isolation(job: dict[str, Any] | None, pod: dict[str, Any] | None) -> str:
     return (IsolationLevel.VM if pod_spec.get("runtimeClassName") else IsolationLevel.CONTAINER).value
 
 
+def task_conditions(task: ExecutionTask, wanted: list[tuple[str, str, str, str]], now: datetime) -> list[dict[str, Any]]:
+    """The conditions list for ``wanted`` (type, status, reason, message); the node agent writes them too."""
+    return _conditions(task, wanted, now)
+
+
 def _conditions(task: ExecutionTask, wanted: list[tuple[str, str, str, str]], now: datetime) -> list[dict[str, Any]]:
     """Conditions in the API's shape, keeping lastTransitionTime while a status does not change."""
     before = {cond.type: cond for cond in task.status.conditions}

@@ -1,0 +1,153 @@
+"""The node agent's claim/run/report loop and the operator's placement, against KMock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
+from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
+from expbuild_isolation.kube.status import status_from
+from tests.controller.conftest import EVENTS, TASKS, eventually, task_body
+from tests.controller.test_operator import pod_body
+
+from .conftest import AGENTS_NS, CLAIMS, LEASES, needs_root, running_agent
+
+SECRETS = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+async def _phase(api, name, phase):
+    task = await api.get(f"{TASKS}/{name}")
+    return task if task and (task.get("status") or {}).get("phase") == phase else None
+
+
+def placed(name: str, node: str, **spec) -> dict:
+    """A task as the operator leaves it after placing it on ``node`` (for tests without the operator)."""
+    body = task_body(name, **spec)
+    body["metadata"]["labels"] = {"expbuild.io/node": node}
+    body["status"] = {"phase": "Scheduled", "reason": "PlacedOnAgent", "executor": "agent", "node": node}
+    return body
+
+
+def sh(script: str, **spec) -> dict:
+    return {"command": ["/bin/sh", "-c", script], "isolation": {"executor": "namespace"}, "timeout": "60s"} | spec
+
+
+async def advertise(api, node: str, seconds: int = 3600, **levels: IsolationLevel) -> None:
+    advert = AgentAdvert(node=node, holder=node, executors=tuple(levels), levels=levels, free_slots=4,
+                         duration_seconds=seconds)
+    await api.create(LEASES, render_agent_lease(advert, AGENTS_NS, datetime.now(timezone.utc)))
+
+
+def job_run_status_keys() -> set[str]:
+    """The keys the operator writes for a task its Job ran to success (plus the log tail it adds)."""
+    task = ExecutionTask.model_validate(task_body("ref"))
+    report = '{"v":1,"exit":0,"cg":2,"cpu_us":500000,"mem":1048576,"trunc":0,"out":[[0,"%s",3,0]]}' % ("c" * 64)
+    pod = pod_body("ref", {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
+                                          "startedAt": "2025-03-01T12:00:02Z", "finishedAt": "2025-03-01T12:00:05Z"}},
+                   phase="Succeeded")
+    job = {"metadata": {"name": "xt-ref"}, "spec": {"template": {"spec": {}}},
+           "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+    task = ExecutionTask.model_validate(task_body("ref", outputs={"paths": ["out/app"]}))
+    return set(status_from(task, job, pod, datetime.now(timezone.utc))) | {"logs"}
+
+
+@needs_root
+async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, operator, kmock, worker_config,
+                                                                         counting, tmp_path):
+    seccomp = tmp_path / "seccomp"
+    async with running_agent(kmock, worker_config, "n1", counting=counting, seccomp_dir=seccomp):
+        lease = await eventually(lambda: api.get(f"{LEASES}/expbuild-agent-n1"), what="the agent's Lease")
+        await api.create(TASKS, task_body("ns-hello", **sh(
+            f"test ! -e {SECRETS} && mkdir -p out && echo hi > out/greeting && echo done",
+            outputs={"paths": ["out/greeting"]})))
+        task = await eventually(lambda: _phase(api, "ns-hello", "Succeeded"), timeout=30, what="Succeeded")
+    status = task["status"]
+    assert (status["executor"], status["isolationLevel"], status["node"]) == ("namespace", "Container", "n1")
+    assert (status["exitCode"], status["reason"]) == (0, "Completed")
+    assert status["outputs"][0]["path"] == "out/greeting" and status["outputs"][0]["sizeBytes"] == 3
+    assert "done" in status["logs"]["stdoutTail"]  # and so the service account path was absent inside
+    assert job_run_status_keys() <= set(status), job_run_status_keys() - set(status)
+    assert [c["type"] for c in status["conditions"]] == ["Scheduled", "Finished"]
+    assert task["metadata"]["labels"]["expbuild.io/node"] == "n1"
+    assert len(counting.runs) == 1
+    claim = await api.get(f"{CLAIMS}/xt-claim-uid-ns-hello")
+    assert claim["spec"]["holderIdentity"] == "n1" and claim["metadata"]["ownerReferences"][0]["uid"] == "uid-ns-hello"
+    notes = lease["metadata"]["annotations"]
+    assert (notes["expbuild.io/executors"], notes["expbuild.io/isolation-levels"]) == ("namespace", "namespace=Container")
+    assert notes["expbuild.io/seccomp-profiles"] == "expbuild-default,expbuild-strict"
+    assert sorted(p.name for p in seccomp.iterdir()) == ["expbuild-default.json", "expbuild-strict.json"]
+    reasons = {e.get("reason") for e in api.events_for("ns-hello")}
+    assert {"Scheduled", "Started", "Completed"} <= reasons
+
+
+@needs_root
+async def test_two_agents_racing_for_the_same_tasks_run_each_exactly_once(api, kmock, worker_config, counting):
+    names = [f"race-{i}" for i in range(4)]
+    for name in names:
+        await api.create(TASKS, placed(name, "n1", **sh("echo ran")))
+    async with running_agent(kmock, worker_config, "n1", agent_id="n1-a", counting=counting), \
+            running_agent(kmock, worker_config, "n1", agent_id="n1-b", counting=counting):
+        for name in names:
+            await eventually(lambda name=name: _phase(api, name, "Succeeded"), timeout=30, what=f"{name} Succeeded")
+    assert sorted(counting.runs) == sorted(f"uid-{name}" for name in names)  # each once, none twice
+    tries = [r for r in list(kmock) if r.method == "POST" and r.url.path == CLAIMS]
+    assert len(tries) >= len(names)
+
+
+@needs_root
+async def test_an_agent_restarted_mid_task_ends_it_agent_restarted_and_does_not_run_it_again(
+        api, kmock, worker_config, counting):
+    await api.create(TASKS, placed("long", "n1", **sh("sleep 30")))
+    async with running_agent(kmock, worker_config, "n1", counting=counting):
+        await eventually(lambda: _phase(api, "long", "Running"), timeout=30, what="Running")
+    async with running_agent(kmock, worker_config, "n1", counting=counting):
+        task = await eventually(lambda: _phase(api, "long", "Error"), timeout=10, what="Error")
+        await asyncio.sleep(0.5)  # a few polls: nothing picks it up again
+    assert task["status"]["reason"] == "AgentRestarted" and "not run again" in task["status"]["message"]
+    assert counting.runs == ["uid-long"]
+    assert (await api.get(f"{TASKS}/long"))["status"]["phase"] == "Error"
+
+
+@needs_root
+async def test_an_agent_whose_lease_expires_loses_its_running_task(api, operator, kmock, worker_config, counting):
+    async with running_agent(kmock, worker_config, "n1", counting=counting, lease_seconds=3):
+        await api.create(TASKS, task_body("orphan", **sh("sleep 30")))
+        await eventually(lambda: _phase(api, "orphan", "Running"), timeout=30, what="Running")
+    task = await eventually(lambda: _phase(api, "orphan", "Error"), timeout=10, what="Error")
+    assert task["status"]["reason"] == "AgentLost"
+    assert "n1" in task["status"]["message"] and "expbuild-agent-n1" in task["status"]["message"]
+    assert counting.runs == ["uid-orphan"]
+
+
+async def test_a_task_whose_agent_is_lost_before_it_started_is_placed_again(api, operator):
+    await advertise(api, "n1", seconds=2, namespace=IsolationLevel.CONTAINER)
+    await api.create(TASKS, task_body("moved", isolation={"executor": "namespace"}))
+    first = await eventually(lambda: _phase(api, "moved", "Scheduled"), what="Scheduled")
+    assert first["status"]["node"] == "n1" and first["metadata"]["labels"]["expbuild.io/node"] == "n1"
+    await advertise(api, "n2", namespace=IsolationLevel.CONTAINER)
+
+    async def on_n2():
+        task = await api.get(f"{TASKS}/moved")
+        return task if task["metadata"]["labels"].get("expbuild.io/node") == "n2" else None
+    task = await eventually(on_n2, timeout=10, what="placed on n2")
+    assert task["status"]["phase"] == "Scheduled" and task["status"]["node"] == "n2"
+
+
+async def test_a_floor_no_agent_offers_ends_in_error_naming_it(api, operator):
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER, host=IsolationLevel.NONE)
+    await api.create(TASKS, task_body("needs-vm", isolation={"executor": "agent", "minimum": "VM"}))
+    await api.create(TASKS, task_body("needs-docker", isolation={"executor": "docker"}))
+    vm = await eventually(lambda: _phase(api, "needs-vm", "Error"), what="Error")
+    assert vm["status"]["reason"] == "IsolationUnavailable"
+    assert "isolation VM or above" in vm["status"]["message"] and "n1 offers namespace=Container" in vm["status"]["message"]
+    docker = await eventually(lambda: _phase(api, "needs-docker", "Error"), what="Error")
+    assert docker["status"]["reason"] == "ExecutorUnavailable" and "no healthy docker" in docker["status"]["message"]
+    assert "expbuild.io/node" not in (vm["metadata"].get("labels") or {})
+
+
+async def test_auto_with_a_pids_limit_and_no_agent_is_an_error_not_a_silent_job(api, operator):
+    await api.create(TASKS, task_body("pids", resources={"pids": 64}))
+    task = await eventually(lambda: _phase(api, "pids", "Error"), what="Error")
+    assert task["status"]["reason"] == "NoAgent" and "spec.resources.pids" in task["status"]["message"]
+    assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-pids") is None
