@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +56,8 @@ class Cluster:
     def __init__(self, configuration: kubernetes.client.Configuration) -> None:
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 64)
         self._api = kubernetes.client.ApiClient(configuration)
+        # Its own pool: asyncio's default one has cpu+4 threads, which caps a burst of tasks at a crawl.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="expbuild-api")
 
     @classmethod
     def from_connection(cls, info: Any) -> Cluster:
@@ -76,6 +79,7 @@ class Cluster:
         return cls(config)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False)
         self._api.close()
 
     def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None, body: Any = None,
@@ -97,7 +101,8 @@ class Cluster:
         return json.loads(data) if data else {}
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(self._call, method, path, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: self._call(method, path, **kwargs))
 
     @staticmethod
     def collection(api_version: str, kind: str, namespace: str) -> str:
@@ -141,7 +146,8 @@ class Cluster:
 
     async def list_labelled(self, api_version: str, kind: str, namespace: str, label: str) -> list[dict[str, Any]]:
         """Objects carrying ``label`` (filtered here too: not every server honours labelSelector)."""
-        listing = await self.call("GET", self.collection(api_version, kind, namespace), query=[("labelSelector", label)])
+        path = self.collection(api_version, kind, namespace)
+        listing = await self.call("GET", path, query=[("labelSelector", label)])
         return [item for item in listing.get("items") or []
                 if label in ((item.get("metadata") or {}).get("labels") or {})]
 
