@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
 from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
 from expbuild_isolation.kube.status import status_from
-from tests.controller.conftest import EVENTS, TASKS, eventually, task_body
+from tests.controller.conftest import TASKS, eventually, task_body
 from tests.controller.test_operator import pod_body
 
 from .conftest import AGENTS_NS, CLAIMS, LEASES, needs_root, running_agent
@@ -74,7 +74,8 @@ async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, op
     claim = await api.get(f"{CLAIMS}/xt-claim-uid-ns-hello")
     assert claim["spec"]["holderIdentity"] == "n1" and claim["metadata"]["ownerReferences"][0]["uid"] == "uid-ns-hello"
     notes = lease["metadata"]["annotations"]
-    assert (notes["expbuild.io/executors"], notes["expbuild.io/isolation-levels"]) == ("namespace", "namespace=Container")
+    assert notes["expbuild.io/executors"] == "namespace"
+    assert notes["expbuild.io/isolation-levels"] == "namespace=Container"
     assert notes["expbuild.io/seccomp-profiles"] == "expbuild-default,expbuild-strict"
     assert sorted(p.name for p in seccomp.iterdir()) == ["expbuild-default.json", "expbuild-strict.json"]
     reasons = {e.get("reason") for e in api.events_for("ns-hello")}
@@ -140,7 +141,8 @@ async def test_a_floor_no_agent_offers_ends_in_error_naming_it(api, operator):
     await api.create(TASKS, task_body("needs-docker", isolation={"executor": "docker"}))
     vm = await eventually(lambda: _phase(api, "needs-vm", "Error"), what="Error")
     assert vm["status"]["reason"] == "IsolationUnavailable"
-    assert "isolation VM or above" in vm["status"]["message"] and "n1 offers namespace=Container" in vm["status"]["message"]
+    assert "isolation VM or above" in vm["status"]["message"]
+    assert "n1 offers namespace=Container" in vm["status"]["message"]
     docker = await eventually(lambda: _phase(api, "needs-docker", "Error"), what="Error")
     assert docker["status"]["reason"] == "ExecutorUnavailable" and "no healthy docker" in docker["status"]["message"]
     assert "expbuild.io/node" not in (vm["metadata"].get("labels") or {})
@@ -151,3 +153,49 @@ async def test_auto_with_a_pids_limit_and_no_agent_is_an_error_not_a_silent_job(
     task = await eventually(lambda: _phase(api, "pids", "Error"), what="Error")
     assert task["status"]["reason"] == "NoAgent" and "spec.resources.pids" in task["status"]["message"]
     assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-pids") is None
+
+
+async def test_auto_goes_to_an_agent_when_the_job_is_refused(api, operator, kmock):
+    kmock["post /apis/batch/v1/namespaces/ci/jobs"] << 403 << {"kind": "Status", "message": "exceeded quota: jobs"}
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
+    await api.create(TASKS, task_body("refused"))
+    task = await eventually(lambda: _phase(api, "refused", "Scheduled"), what="Scheduled")
+    assert (task["status"]["executor"], task["status"]["node"]) == ("agent", "n1")
+    assert "the Job path was refused" in task["status"]["message"] and "exceeded quota" in task["status"]["message"]
+    assert (await api.get(f"{TASKS}/refused"))["metadata"]["labels"]["expbuild.io/node"] == "n1"
+
+
+async def test_auto_goes_to_an_agent_when_its_pod_stays_unschedulable_past_the_deadline(api, operator):
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
+    await api.create(TASKS, task_body("stuck"))
+    await eventually(lambda: api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck"), what="the Job")
+    pod = pod_body("stuck", {"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
+    pod["spec"].pop("nodeName")
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                    "message": "0/3 nodes are available: 3 Insufficient cpu.",
+                                    "lastTransitionTime": "2025-03-01T12:00:01Z"}]
+    await api.create("/api/v1/namespaces/ci/pods", pod)
+
+    async def on_agent():
+        task = await api.get(f"{TASKS}/stuck")
+        return task if (task.get("status") or {}).get("executor") == "agent" else None
+    task = await eventually(on_agent, what="placed on an agent")
+    assert task["status"]["node"] == "n1" and "unschedulable for" in task["status"]["message"]
+    assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck") is None  # the Job path is given up
+
+
+async def test_healthz_follows_the_lease_renewal_and_metrics_are_served(worker_config):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from expbuild_isolation.agent.api import AgentApi
+    from expbuild_isolation.agent.node import AgentSettings, NodeAgent
+    from expbuild_isolation.agent.run import health_app
+
+    agent = NodeAgent(AgentApi("http://127.0.0.1:9"), worker_config,
+                      AgentSettings(node="n1", namespace=AGENTS_NS, seccomp_dir=None))
+    async with TestClient(TestServer(health_app(agent))) as client:
+        assert (await client.get("/healthz")).status == 503
+        agent.last_renewal = datetime.now(timezone.utc)
+        assert (await client.get("/healthz")).status == 200
+        text = await (await client.get("/metrics")).text()
+        assert "expbuild_tasks_running" in text

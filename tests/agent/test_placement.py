@@ -75,7 +75,8 @@ def test_a_claim_is_a_deterministic_lease_owned_by_the_task():
 # --- Placement ------------------------------------------------------------------------------------------
 
 def test_executor_job_is_always_a_job():
-    assert decide(task(isolation={"executor": "job", "minimum": "Container"}), [agent("n1")], config=CONFIG).kind == "job"
+    plan = decide(task(isolation={"executor": "job", "minimum": "Container"}), [agent("n1")], config=CONFIG)
+    assert plan.kind == "job"
 
 
 def test_auto_without_agent_only_needs_is_a_job():
@@ -143,3 +144,10 @@ def test_auto_falls_back_only_after_the_unschedulable_deadline():
 def test_auto_on_an_agent_never_goes_below_the_floor():
     plan = decide(task(resources={"pids": 10}), [agent("n1", host=N)], config=CONFIG, now=NOW)
     assert (plan.kind, plan.reason) == ("error", "IsolationUnavailable")
+
+
+def test_the_agent_command_needs_a_node_name(monkeypatch, capsys):
+    from expbuild_isolation.cli import main
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    assert main(["agent"]) == 2
+    assert "--node or set NODE_NAME" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tempfile
 import uuid
@@ -272,8 +271,9 @@ class NodeAgent:
         if fresh is None or ExecutionTask.model_validate(fresh).status.phase.finished:
             return  # deleted, or ended by the operator (Cancelled, AgentLost) meanwhile: its word stands
         current = ExecutionTask.model_validate(fresh).status
-        patch.setdefault("conditions", task_conditions(ExecutionTask.model_validate(fresh), [
-            ("Scheduled", "True", "", ""), ("Finished", "True", patch.get("reason", ""), patch.get("message", ""))], now()))
+        finished = ("Finished", "True", patch.get("reason", ""), patch.get("message", ""))
+        patch.setdefault("conditions", task_conditions(ExecutionTask.model_validate(fresh),
+                                                       [("Scheduled", "True", "", ""), finished], now()))
         await self._patch_status(task, patch)
         message = patch.get("message") or f"{current.phase.value} -> {patch['phase']}"
         if "exitCode" in patch:
@@ -295,10 +295,11 @@ class NodeAgent:
     async def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         meta = body.get("metadata") or {}
         at = timestamp(now())
+        namespace = meta.get("namespace")
         event = {"apiVersion": "v1", "kind": "Event",
-                 "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": meta.get("namespace")},
+                 "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
                  "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                                    "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+                                    "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid")},
                  "type": kind, "reason": reason, "message": message[:1024], "count": 1,
                  "firstTimestamp": at, "lastTimestamp": at,
                  "source": {"component": "expbuild-agent", "host": self.settings.node},

@@ -92,6 +92,10 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
         return  # finished, or placed on a node agent (``agent_lost`` watches it from now on)
     async with state.lock(task.key):
+        if task.spec.isolation.executor != "job":  # kopf's body may predate a placement made meanwhile
+            current = await state.api.get_task(task.metadata.namespace, task.metadata.name)
+            if current is None or NODE_LABEL in ((current.get("metadata") or {}).get("labels") or {}):
+                return
         if task.spec.cancel:
             await _cancel(state, task, dict(body), "cancelled before it started (spec.cancel)")
             return
@@ -148,8 +152,10 @@ async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
     patch = {"phase": Phase.SCHEDULED.value, "reason": plan.reason, "message": plan.message, "executor": "agent",
              "node": plan.node, "observedGeneration": meta.generation}
     await state.api.patch_task_status(meta.namespace, meta.name, patch)
-    await state.api.patch_task(meta.namespace, meta.name, {"metadata": {"labels": {NODE_LABEL: label_value(plan.node)}}})
-    kopf.event(body, type="Normal", reason="Scheduled", message=f"placed on node agent {plan.node}: {plan.message}"[:1024])
+    labels = {NODE_LABEL: label_value(plan.node)}
+    await state.api.patch_task(meta.namespace, meta.name, {"metadata": {"labels": labels}})
+    kopf.event(body, type="Normal", reason="Scheduled",
+               message=f"placed on node agent {plan.node}: {plan.message}"[:1024])
 
 
 async def follow(body: kopf.Body, **kwargs: Any) -> None:
