@@ -6,6 +6,8 @@ A bad file gives one error naming the file and the key, e.g.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -16,6 +18,12 @@ from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, Podman
 
 BackendName = Literal["host", "namespace", "docker", "podman"]
 DEFAULT_CHAIN: tuple[BackendName, ...] = ("docker", "podman", "namespace", "host")
+
+
+def default_work_dir() -> Path:
+    """Per user, so that a directory root made once never locks other users out."""
+    uid = os.getuid()
+    return Path(tempfile.gettempdir()) / ("expbuild-worker" if uid == 0 else f"expbuild-worker-{uid}")
 
 
 class ConfigError(Exception):
@@ -59,7 +67,7 @@ class WorkerConfig(BaseModel):
     server_url: str | None = None
     cas_url: str | None = None
     instance_name: str = ""
-    work_dir: Path = Path("/tmp/expbuild-worker")
+    work_dir: Path = Field(default_factory=lambda: default_work_dir())
     max_concurrent_tasks: int = Field(4, ge=1)
     isolation_minimum: Literal["None", "Process", "Filesystem", "Container", "VM"] = "None"
     platform: PlatformConfig = Field(default_factory=PlatformConfig)

@@ -179,7 +179,11 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
         blobs = input_blobs(task, base_dir)
     except InvalidTask as exc:
         return error_status("InvalidTask", str(exc), node=node)
-    workspace = create_workspace(config.work_dir)
+    try:
+        workspace = create_workspace(config.work_dir)
+    except OSError as exc:
+        return error_status("WorkspaceUnavailable", f"cannot create a workspace under {config.work_dir}: "
+                                                    f"{exc.strerror} (set work_dir in the worker config)")
     try:
         try:
             place_inputs(workspace, blobs)
