@@ -51,6 +51,7 @@ class OperatorState:
     cluster: Cluster | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
+    placed: set[str] = field(default_factory=set)  # tasks this process handed to a node agent
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -92,10 +93,9 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
         return  # finished, or placed on a node agent (``agent_lost`` watches it from now on)
     async with state.lock(task.key):
-        if task.spec.isolation.executor != "job":  # kopf's body may predate a placement made meanwhile
-            current = await state.api.get_task(task.metadata.namespace, task.metadata.name)
-            if current is None or NODE_LABEL in ((current.get("metadata") or {}).get("labels") or {}):
-                return
+        if task.key in state.placed:  # kopf's body may predate a placement this process made meanwhile
+            return  # (placements are made only under this lock, so no API read is needed to see them;
+            #          a restarted operator lists fresh bodies that carry the node label)
         if task.spec.cancel:
             await _cancel(state, task, dict(body), "cancelled before it started (spec.cancel)")
             return
@@ -152,6 +152,7 @@ async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
     patch = {"phase": Phase.SCHEDULED.value, "reason": plan.reason, "message": plan.message, "executor": "agent",
              "node": plan.node, "observedGeneration": meta.generation}
     await state.api.patch_task_status(meta.namespace, meta.name, patch)
+    state.placed.add(task.key)
     labels = {NODE_LABEL: label_value(plan.node)}
     await state.api.patch_task(meta.namespace, meta.name, {"metadata": {"labels": labels}})
     kopf.event(body, type="Normal", reason="Scheduled",
@@ -338,6 +339,7 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         else:
             await state.api.delete_job(task.metadata.namespace, object_name(task.metadata.name))
     state.locks.pop(task.key, None)
+    state.placed.discard(task.key)
 
 
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
