@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("expbuild-isolation: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an environment problem: still one line, traceback on request
+        if os.environ.get("EXPBUILD_DEBUG"):
+            raise
+        print(f"expbuild-isolation: internal error: {type(exc).__name__}: {exc} "
+              f"(set EXPBUILD_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_NOT_RUN if args.command == "run" else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--seccomp-dir", type=Path, default=Path("/var/lib/kubelet/seccomp/profiles"),
                        help="where to install the seccomp profiles for the kubelet")
     agent.add_argument("--metrics-port", type=int, default=8081, help="port of /healthz and /metrics (0: none)")
+    agent.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for placed tasks")
     agent.set_defaults(func=_agent)
     return parser
 
@@ -202,7 +209,8 @@ def _agent(args: argparse.Namespace) -> int:
         raise CliError("agent: no node name: pass --node or set NODE_NAME (downward API spec.nodeName)")
     config = load_worker_config(args.config) if args.config else WorkerConfig()
     run_agent(config, AgentSettings(node=args.node, namespace=args.namespace, task_namespaces=args.task_namespace,
-                                    seccomp_dir=args.seccomp_dir), metrics_port=args.metrics_port)
+                                    seccomp_dir=args.seccomp_dir, poll_seconds=args.poll_seconds),
+              metrics_port=args.metrics_port)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+from expbuild_isolation import metrics
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
 from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
 from expbuild_isolation.kube.status import status_from
@@ -19,6 +20,10 @@ SECRETS = "/var/run/secrets/kubernetes.io/serviceaccount"
 async def _phase(api, name, phase):
     task = await api.get(f"{TASKS}/{name}")
     return task if task and (task.get("status") or {}).get("phase") == phase else None
+
+
+async def _true(value):
+    return value
 
 
 def placed(name: str, node: str, **spec) -> dict:
@@ -85,6 +90,8 @@ async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, op
 @needs_root
 async def test_two_agents_racing_for_the_same_tasks_run_each_exactly_once(api, kmock, worker_config, counting):
     names = [f"race-{i}" for i in range(4)]
+    succeeded = metrics.TASKS_TOTAL.labels(phase="Succeeded", executor="namespace")
+    before = succeeded._value.get()
     for name in names:
         await api.create(TASKS, placed(name, "n1", **sh("echo ran")))
     async with running_agent(kmock, worker_config, "n1", agent_id="n1-a", counting=counting), \
@@ -92,6 +99,10 @@ async def test_two_agents_racing_for_the_same_tasks_run_each_exactly_once(api, k
         for name in names:
             await eventually(lambda name=name: _phase(api, name, "Succeeded"), timeout=30, what=f"{name} Succeeded")
     assert sorted(counting.runs) == sorted(f"uid-{name}" for name in names)  # each once, none twice
+    # each run reported to its end (a poll seeing its own final status must not cut it short)
+    await eventually(lambda: _true(succeeded._value.get() - before == len(names)), timeout=5, what="metrics")
+    for name in names:
+        assert "Completed" in {e.get("reason") for e in api.events_for(name)}
     tries = [r for r in list(kmock) if r.method == "POST" and r.url.path == CLAIMS]
     assert len(tries) >= len(names)
 

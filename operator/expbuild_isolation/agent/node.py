@@ -66,6 +66,7 @@ class NodeAgent:
         self.healthy: list[str] = []
         self.seccomp_profiles: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}  # task uid -> its run
+        self.reported: set[str] = set()  # uids whose final status this agent has written (not to be cancelled)
         self.last_renewal: datetime | None = None
         self.started = asyncio.Event()  # set once recovered and advertised
 
@@ -195,13 +196,17 @@ class NodeAgent:
             uid = task.metadata.uid
             run = self.running.get(uid)
             if run is not None:
-                if task.spec.cancel or task.status.phase.finished:
-                    run.cancel()  # the operator already wrote Cancelled
+                if (task.spec.cancel or task.status.phase.finished) and uid not in self.reported:
+                    run.cancel()  # ended by the operator (Cancelled, AgentLost): stop the processes
                 continue
             if task.status.phase is not Phase.SCHEDULED or task.spec.cancel or not self.free_slots:
                 continue
             self.running[uid] = asyncio.create_task(self._claim_and_run(task, body), name=f"task-{task.key}")
-            self.running[uid].add_done_callback(lambda _, uid=uid: self.running.pop(uid, None))
+            self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
+
+    def _done(self, uid: str) -> None:
+        self.running.pop(uid, None)
+        self.reported.discard(uid)
 
     async def _claim_and_run(self, task: ExecutionTask, body: dict[str, Any]) -> None:
         try:
@@ -274,6 +279,7 @@ class NodeAgent:
         finished = ("Finished", "True", patch.get("reason", ""), patch.get("message", ""))
         patch.setdefault("conditions", task_conditions(ExecutionTask.model_validate(fresh),
                                                        [("Scheduled", "True", "", ""), finished], now()))
+        self.reported.add(task.metadata.uid)
         await self._patch_status(task, patch)
         message = patch.get("message") or f"{current.phase.value} -> {patch['phase']}"
         if "exitCode" in patch:
