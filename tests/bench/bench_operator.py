@@ -123,6 +123,7 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
     phases: dict[str, Any] = {}
     try:
         await asyncio.sleep(3)  # let kopf log in and start its watches
+        idle_rss = rss_bytes(child.pid)
 
         async def phase(label: str, run: Any, timeout: float) -> None:
             cpu0 = (cpu_seconds(me), cpu_seconds(child.pid))
@@ -159,13 +160,17 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
             return names
 
         await phase("scale", scale, left())
+        end_rss = rss_bytes(child.pid)
+        await asyncio.sleep(6)  # kopf ends an object's worker after settings.batching.idle_timeout (5 s)
         return {
             "benchmark": "operator_kmock",
             "phases": phases,
             "tasks_created": len(created),
             "jobs_created": len(job_seen),
-            "operator_rss_bytes": rss_bytes(child.pid),
-            "operator_rss_mib": round(rss_bytes(child.pid) / 2**20, 1),
+            "operator_rss_bytes": end_rss,
+            "operator_rss_mib": round(end_rss / 2**20, 1),
+            "operator_rss_settled_mib": round(rss_bytes(child.pid) / 2**20, 1),
+            "operator_rss_idle_mib": round(idle_rss / 2**20, 1),
             "total_seconds": round(time.monotonic() - began, 1),
         }
     finally:
