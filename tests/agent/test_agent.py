@@ -210,3 +210,17 @@ async def test_healthz_follows_the_lease_renewal_and_metrics_are_served(worker_c
         assert (await client.get("/healthz")).status == 200
         text = await (await client.get("/metrics")).text()
         assert "expbuild_tasks_running" in text
+
+
+@needs_root
+async def test_cancelling_an_agent_run_task_stops_it_and_frees_the_slot(api, operator, kmock, worker_config, counting):
+    async with running_agent(kmock, worker_config, "n1", counting=counting) as agent:
+        await api.create(TASKS, task_body("stopme", **sh("sleep 30")))
+        await eventually(lambda: _phase(api, "stopme", "Running"), timeout=30, what="Running")
+        await api.patch(f"{TASKS}/stopme", {"spec": {"cancel": True}})
+        task = await eventually(lambda: _phase(api, "stopme", "Cancelled"), timeout=10, what="Cancelled")
+        await eventually(lambda: _true(not agent.running), timeout=10, what="the run to stop")
+        assert agent.free_slots == worker_config.max_concurrent_tasks
+        await asyncio.sleep(0.3)  # the agent does not overwrite the operator's Cancelled
+    assert (await api.get(f"{TASKS}/stopme"))["status"]["phase"] == "Cancelled"
+    assert task["status"]["reason"] == "Cancelled" and counting.runs == ["uid-stopme"]
