@@ -155,7 +155,9 @@ class Cluster:
         """The newest pod of the task's Job (there is at most one with backoffLimit 0)."""
         selector = f"{TASK_LABEL}={task_label(task_name)}"
         listing = await self.call("GET", self.collection("v1", "Pod", namespace), query=[("labelSelector", selector)])
-        pods = listing.get("items") or []
+        value = task_label(task_name)  # filtered here too: not every server honours labelSelector
+        pods = [pod for pod in listing.get("items") or []
+                if ((pod.get("metadata") or {}).get("labels") or {}).get(TASK_LABEL) == value]
         pods.sort(key=lambda pod: pod.get("metadata", {}).get("creationTimestamp") or "")
         return pods[-1] if pods else None
 
