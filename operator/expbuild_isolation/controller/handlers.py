@@ -52,7 +52,6 @@ class OperatorState:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     placed: set[str] = field(default_factory=set)  # tasks this process handed to a node agent
-    started: dict[str, str] = field(default_factory=dict)  # task key -> uid whose Job path start completed here
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -94,8 +93,6 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
         return  # finished, or placed on a node agent (``agent_lost`` watches it from now on)
     async with state.lock(task.key):
-        if state.started.get(task.key) == task.metadata.uid:
-            return  # a replay of a start this process completed (kopf saw an event older than its own patch)
         if task.key in state.placed:  # kopf's body may predate a placement this process made meanwhile
             return  # (placements are made only under this lock, so no API read is needed to see them;
             #          a restarted operator lists fresh bodies that carry the node label)
@@ -137,7 +134,6 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             kopf.event(dict(body), type="Normal", reason="Scheduled",
                        message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
             audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
-        state.started[task.key] = task.metadata.uid
     await reconcile(state, task.metadata.namespace, task.metadata.name)
 
 
@@ -344,7 +340,6 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             await state.api.delete_job(task.metadata.namespace, object_name(task.metadata.name))
     state.locks.pop(task.key, None)
     state.placed.discard(task.key)
-    state.started.pop(task.key, None)
 
 
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
