@@ -11,7 +11,10 @@ which races with reading logs and state.
 Blocking SDK calls run in threads (``asyncio.to_thread``); the long ``wait`` of
 each task runs in this executor's own thread pool, so that many concurrent tasks
 cannot starve the event loop's small default pool of the threads that start,
-kill and remove containers.
+kill and remove containers. After the exit there is one thread hop: the logs
+(both streams in one request) are read in a side pool while that thread reads
+the parent cgroup and the outputs; the exit code comes from the wait, and the
+container is inspected only after a non-zero exit (OOMKilled).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import time
 import uuid
 
@@ -60,6 +64,9 @@ class DockerExecutor:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._client: docker.DockerClient | None = None
         self._waits = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"{self.name}-wait")
+        # Log reads run beside the rest of _finish; their own pool, so they never queue behind long waits.
+        self._log_reads = concurrent.futures.ThreadPoolExecutor(max_workers=16,
+                                                                thread_name_prefix=f"{self.name}-logs")
         self._runtimes_checked = False
         self._leftover_cgroups: list[ContainerCgroup] = []
         self.pool = WarmPool(self) if self.config.pool_size > 0 else None
@@ -92,6 +99,7 @@ class DockerExecutor:
             self._client.close()
             self._client = None
         self._waits.shutdown(wait=False)
+        self._log_reads.shutdown(wait=False)
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         missing = unmet_requirements(self.capabilities(), request)
@@ -145,16 +153,29 @@ class DockerExecutor:
             raise ExecutorUnavailable(f"{self.name}: the daemon at {self.base_url} failed: {exc}") from None
 
     async def run_container(self, container, request: ExecutionRequest, cgroup: ContainerCgroup,  # type: ignore[no-untyped-def]
-                            *, start) -> ExecutionResult:  # type: ignore[no-untyped-def]
-        """Start (via ``start``), wait with the deadline, and read everything back; the caller removes."""
-        began = time.monotonic()
-        try:
-            await asyncio.to_thread(start)
-        except docker.errors.APIError as exc:
-            return self._start_failed(request, str(exc.explanation or exc))
+                            *, start, running: bool = False) -> ExecutionResult:  # type: ignore[no-untyped-def]
+        """Start (via ``start``), wait with the deadline, and read everything back; the caller removes.
+
+        ``running``: the container already runs and waits for ``start`` (a warm container; ``start`` is a
+        non-blocking write): the wait is issued first, so the daemon's answer does not queue behind it, and
+        ``start`` runs on the loop without a thread hop.
+        """
         loop = asyncio.get_running_loop()
-        waiting = loop.run_in_executor(self._waits, functools.partial(
-            container.wait, timeout=request.timeout_seconds + 120))
+        wait_call = functools.partial(container.wait, timeout=request.timeout_seconds + 120)
+        began = time.monotonic()
+        if running:
+            waiting = loop.run_in_executor(self._waits, wait_call)
+            try:
+                start()
+            except BaseException:
+                waiting.cancel()  # the caller removes the container, which ends a wait already sent
+                raise
+        else:
+            try:
+                await asyncio.to_thread(start)
+            except docker.errors.APIError as exc:
+                return self._start_failed(request, str(exc.explanation or exc))
+            waiting = loop.run_in_executor(self._waits, wait_call)
         timed_out = False
         try:
             status = await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds)
@@ -164,17 +185,32 @@ class DockerExecutor:
                 await asyncio.to_thread(container.kill)
             status = await waiting
         duration = time.monotonic() - began
+        # One thread hop for everything after the exit; the logs are read beside it (see _finish).
         return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration)
 
     def _finish(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
                 timed_out: bool, duration: float) -> ExecutionResult:
-        stdout = self._read_log(container, request.log_limit_bytes, stdout=True)
-        stderr = self._read_log(container, request.log_limit_bytes, stdout=False)
-        container.reload()
-        state = container.attrs.get("State", {})
-        exit_code = int(state.get("ExitCode", status.get("StatusCode", -1)))
+        # The logs (one request, both streams) come from the daemon while this thread reads the cgroup
+        # totals, the exit state (only when needed) and the outputs from the host's file systems.
+        logs = self._log_reads.submit(self._read_logs, container, request.log_limit_bytes)
+        try:
+            return self._settle(container, request, cgroup, status, timed_out, duration, logs)
+        finally:
+            if not logs.done():
+                logs.cancel()
+
+    def _settle(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
+                timed_out: bool, duration: float, logs: concurrent.futures.Future) -> ExecutionResult:
         usage = cgroup.stats()
-        oom = self.was_oom_killed(state, exit_code, usage, request)
+        code = status.get("StatusCode") if isinstance(status, dict) else None
+        state: dict = {}
+        if not isinstance(code, int) or code != 0:
+            # A non-zero (or unknown) exit: the daemon's state says whether the OOM killer did it.
+            with contextlib.suppress(docker.errors.NotFound):
+                container.reload()
+                state = container.attrs.get("State", {})
+        exit_code = int(state.get("ExitCode", code if isinstance(code, int) else -1))
+        oom = exit_code != 0 and self.was_oom_killed(state, exit_code, usage, request)
         if timed_out:
             exit_code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
         elif oom and exit_code != 0:
@@ -193,6 +229,7 @@ class DockerExecutor:
                                disk_write_bytes=usage.disk_write_bytes if usage else None)
         message = {TerminationReason.DEADLINE_EXCEEDED: f"killed after the {request.timeout_seconds:g}s timeout",
                    TerminationReason.OOM_KILLED: "killed by the kernel at the memory limit"}.get(reason, "")
+        stdout, stderr = logs.result()
         return ExecutionResult(exit_code=exit_code, reason=reason, executor=self.name,
                                isolation_level=self.isolation_level(), stdout=stdout.data(), stderr=stderr.data(),
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
@@ -203,13 +240,28 @@ class DockerExecutor:
                        request: ExecutionRequest) -> bool:
         return bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
 
-    @staticmethod
-    def _read_log(container, limit: int, *, stdout: bool) -> BoundedBuffer:  # type: ignore[no-untyped-def]
-        buffer = BoundedBuffer(limit)
+    def _read_logs(self, container, limit: int) -> tuple[BoundedBuffer, BoundedBuffer]:  # type: ignore[no-untyped-def]
+        """stdout and stderr, bounded, from one logs request (the multiplexed frames name their stream)."""
+        out, err = BoundedBuffer(limit), BoundedBuffer(limit)
+        api = self.client().api
         with contextlib.suppress(docker.errors.APIError):
-            for chunk in container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=False):
-                buffer.feed(chunk)
-        return buffer
+            response = api._get(api._url("/containers/{0}/logs", container.id),  # noqa: SLF001
+                                params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
+                                stream=True)
+            try:
+                api._raise_for_status(response)  # noqa: SLF001
+                while True:  # frames: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 length (big-endian)
+                    header = response.raw.read(8)
+                    if len(header) < 8:
+                        break
+                    kind, length = struct.unpack(">BxxxL", header)
+                    data = response.raw.read(length) if length else b""
+                    if length and not data:
+                        break
+                    (err if kind == 2 else out).feed(data)
+            finally:
+                response.close()
+        return out, err
 
     def _start_failed(self, request: ExecutionRequest, why: str) -> ExecutionResult:
         return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,

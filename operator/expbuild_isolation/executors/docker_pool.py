@@ -11,8 +11,10 @@ directory, and writes one line into the FIFO: the container's shell changes to
 the working directory and ``exec``s the task. From there on it is an ordinary
 container run: wait with the deadline, logs, state, stats, outputs, removal.
 
-A used container is never reused: it is removed after its one task and the pool
-tops itself up in the background. Needs root on the host (mount(2)); with
+A used container is never reused: it is removed after its one task, off the task's
+critical path, and the pool tops itself up in the background -- after the task
+when other warm containers of its class still wait (so making a container does
+not compete with the task for the daemon), at once when the class ran dry. Needs root on the host (mount(2)); with
 rootless engines the pool stays empty and every task starts cold.
 """
 
@@ -132,8 +134,12 @@ class WarmPool:
         key = self._remember(request, limits)
         slots = self._ready.get(key) or []
         slot = slots.pop(0) if slots else None
-        self._refill(key)
-        return WarmRun(self, slot) if slot is not None else None
+        if slot is None or not slots:
+            self._refill(key)  # nothing left for the next task: make containers now
+            return WarmRun(self, slot, None) if slot is not None else None
+        # Others still wait: top up after this task, so that creating and starting a container does not
+        # compete with it for the daemon.
+        return WarmRun(self, slot, key)
 
     def release_later(self, slot: Slot) -> None:
         task = asyncio.ensure_future(asyncio.to_thread(self.release, slot))
@@ -245,11 +251,19 @@ class WarmPool:
 class WarmRun:
     """One task in one warm container."""
 
-    def __init__(self, pool: WarmPool, slot: Slot) -> None:
+    def __init__(self, pool: WarmPool, slot: Slot, refill_after: tuple | None = None) -> None:
         self.pool, self.slot = pool, slot
+        self._refill_after = refill_after
         self._fifo_fd: int | None = None
 
     async def run(self, request: ExecutionRequest) -> ExecutionResult | None:
+        try:
+            return await self._run(request)
+        finally:
+            if self._refill_after is not None and not self.pool.closed:
+                self.pool._refill(self._refill_after)
+
+    async def _run(self, request: ExecutionRequest) -> ExecutionResult | None:
         executor = self.pool.executor
         try:
             await asyncio.to_thread(self._arm, request)
@@ -262,7 +276,7 @@ class WarmRun:
         self.pool.used.append(self.slot.name)
         try:
             result = await executor.run_container(self.slot.container, request, self.slot.cgroup,
-                                                  start=self._trigger)
+                                                  start=self._trigger, running=True)
         finally:
             if self._fifo_fd is not None:
                 os.close(self._fifo_fd)
