@@ -81,7 +81,8 @@ configure_docker() {
     fi
     pidof containerd >/dev/null || true  # dockerd starts its own containerd when none runs
     log "starting dockerd"
-    setsid nohup dockerd >/var/log/dockerd.log 2>&1 </dev/null &
+    # from /: conmon and friends write files (e.g. "oom") into their working directory
+    (cd / && exec setsid nohup dockerd >/var/log/dockerd.log 2>&1 </dev/null) &
     wait_for "dockerd" docker info || die "dockerd did not answer within ${TIMEOUT}s; see /var/log/dockerd.log"
 }
 
@@ -107,7 +108,7 @@ runtime = "runc"'
     log "starting podman system service on $PODMAN_SOCKET"
     mkdir -p "$(dirname "$PODMAN_SOCKET")"
     rm -f "$PODMAN_SOCKET"
-    setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >/var/log/podman-service.log 2>&1 </dev/null &
+    (cd / && exec setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >/var/log/podman-service.log 2>&1 </dev/null) &
     echo $! >"$pidfile"
     wait_for "podman API" curl -fsS --max-time 2 --unix-socket "$PODMAN_SOCKET" http://d/_ping \
         || die "podman service did not answer within ${TIMEOUT}s; see /var/log/podman-service.log"
