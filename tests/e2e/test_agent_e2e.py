@@ -12,34 +12,19 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-from .test_operator_e2e import CRD, _cluster, _crd_exists
+from .test_operator_e2e import CRD, _crd_exists
 
 FINISHED = {"Succeeded", "Failed", "TimedOut", "Error", "Cancelled"}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    if os.geteuid() != 0:
-        pytest.skip("the agent's namespace executor needs root here")
-    return _cluster()
-
-
-@pytest.fixture
-def namespace(cluster):
-    import kubernetes
-    core = kubernetes.client.CoreV1Api(cluster)
-    name = f"expbuild-agent-e2e-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
-
-
 def test_a_namespace_task_is_claimed_and_run_by_a_local_agent(cluster, namespace, tmp_path, monkeypatch):
     import kubernetes
+
+    if os.geteuid() != 0:
+        pytest.skip("the agent's namespace executor needs root here")
     from kopf.testing import KopfRunner
 
     if not _crd_exists(cluster):

@@ -8,7 +8,6 @@ hold the example's image and the supervisor image (EXPBUILD_SUPERVISOR_IMAGE).
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,21 +27,6 @@ def _cluster():
         return api
     except Exception as exc:  # no kubeconfig, unreachable, unauthorized: all mean "no cluster here"
         pytest.skip(f"no Kubernetes cluster reachable from KUBECONFIG ({type(exc).__name__}: {exc})"[:300])
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    return _cluster()
-
-
-@pytest.fixture
-def namespace(cluster):
-    import kubernetes
-    core = kubernetes.client.CoreV1Api(cluster)
-    name = f"expbuild-e2e-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def test_the_hello_example_succeeds(cluster, namespace):

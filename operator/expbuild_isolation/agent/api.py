@@ -8,15 +8,16 @@ kubeconfig, exactly like the operator.
 
 from __future__ import annotations
 
-import base64
 import ssl
-import tempfile
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from ..api.task import GROUP, PLURAL, VERSION
+from ..credentials import pem_file
+
+_PREFIX = "expbuild-agent-"
 
 TASKS = f"/apis/{GROUP}/{VERSION}"
 LEASES = "/apis/coordination.k8s.io/v1"
@@ -26,16 +27,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
-
-
-def _pem_file(data: Any) -> str:
-    raw = data if isinstance(data, bytes) else str(data).encode()
-    if not raw.lstrip().startswith(b"-----"):
-        raw = base64.b64decode(raw)
-    handle = tempfile.NamedTemporaryFile(prefix="expbuild-agent-", delete=False)
-    handle.write(raw)
-    handle.close()
-    return handle.name
 
 
 def tasks_path(namespace: str | None, name: str = "") -> str:
@@ -68,11 +59,11 @@ class AgentApi:
         if info.insecure:
             context = False
         elif info.ca_path or info.ca_data or info.certificate_path or info.certificate_data:
-            context = ssl.create_default_context(cafile=info.ca_path or (_pem_file(info.ca_data) if info.ca_data
-                                                                          else None))
+            ca = info.ca_path or (pem_file(info.ca_data, prefix=_PREFIX) if info.ca_data else None)
+            context = ssl.create_default_context(cafile=ca)
             if info.certificate_path or info.certificate_data:
-                context.load_cert_chain(info.certificate_path or _pem_file(info.certificate_data),
-                                        info.private_key_path or _pem_file(info.private_key_data))
+                context.load_cert_chain(info.certificate_path or pem_file(info.certificate_data, prefix=_PREFIX),
+                                        info.private_key_path or pem_file(info.private_key_data, prefix=_PREFIX))
         return cls(info.server, headers=headers, ssl_context=context)
 
     async def close(self) -> None:

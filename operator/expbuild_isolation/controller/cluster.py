@@ -8,9 +8,7 @@ outside a cluster, the service account inside, a test server in tests.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +16,7 @@ from urllib.parse import quote
 import kubernetes.client
 
 from ..api.task import GROUP, PLURAL, VERSION
+from ..credentials import pem_file
 from ..kube.names import TASK_LABEL, task_label
 
 _COLLECTIONS = {
@@ -42,16 +41,6 @@ class NotOwned(Exception):
     """An object with the task's deterministic name exists but belongs to something else."""
 
 
-def _file(data: Any) -> str:
-    raw = data if isinstance(data, bytes) else str(data).encode()
-    if not raw.lstrip().startswith(b"-----"):
-        raw = base64.b64decode(raw)
-    handle = tempfile.NamedTemporaryFile(prefix="expbuild-", delete=False)
-    handle.write(raw)
-    handle.close()
-    return handle.name
-
-
 class Cluster:
     def __init__(self, configuration: kubernetes.client.Configuration) -> None:
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 64)
@@ -66,11 +55,11 @@ class Cluster:
         config.host = info.server.rstrip("/")
         config.verify_ssl = not info.insecure
         if info.ca_path or info.ca_data:
-            config.ssl_ca_cert = info.ca_path or _file(info.ca_data)
+            config.ssl_ca_cert = info.ca_path or pem_file(info.ca_data)
         if info.certificate_path or info.certificate_data:
-            config.cert_file = info.certificate_path or _file(info.certificate_data)
+            config.cert_file = info.certificate_path or pem_file(info.certificate_data)
         if info.private_key_path or info.private_key_data:
-            config.key_file = info.private_key_path or _file(info.private_key_data)
+            config.key_file = info.private_key_path or pem_file(info.private_key_data)
         if info.token:
             config.api_key = {"BearerToken": info.token}
             config.api_key_prefix = {"BearerToken": info.scheme or "Bearer"}
