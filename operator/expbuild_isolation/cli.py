@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     operator.add_argument("--namespace", "-n", action="append", default=[],
                           help="namespace to watch (repeatable; default: all namespaces)")
-    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
+                          help="liveness endpoint URL (metrics use EXPBUILD_METRICS_PORT, default 8080)")
     operator.add_argument("--peering", default=None, help="kopf peering name for more than one replica")
     operator.add_argument("--standalone", action="store_true", help="no peering (one replica only)")
     operator.set_defaults(func=_operator)
