@@ -135,7 +135,11 @@ async def test_an_agent_whose_lease_expires_loses_its_running_task(api, operator
 async def test_a_task_whose_agent_is_lost_before_it_started_is_placed_again(api, operator):
     await advertise(api, "n1", seconds=2, namespace=IsolationLevel.CONTAINER)
     await api.create(TASKS, task_body("moved", isolation={"executor": "namespace"}))
-    first = await eventually(lambda: _phase(api, "moved", "Scheduled"), what="Scheduled")
+    # The operator patches the status first, then the label the agent lists by: wait for both.
+    async def on_n1():
+        task = await _phase(api, "moved", "Scheduled")
+        return task if task and (task["metadata"].get("labels") or {}).get("expbuild.io/node") else None
+    first = await eventually(on_n1, what="Scheduled and labelled")
     assert first["status"]["node"] == "n1" and first["metadata"]["labels"]["expbuild.io/node"] == "n1"
     await advertise(api, "n2", namespace=IsolationLevel.CONTAINER)
 
