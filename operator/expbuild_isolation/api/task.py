@@ -343,11 +343,11 @@ class OutputRecord(Model):
 
 
 class Condition(Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: datetime | None = None
+    type: str = Field(description="Scheduled, Started or Finished.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field("", description="Machine-readable cause of the last transition.")
+    message: str = Field("", description="Human-readable detail of the last transition.")
+    last_transition_time: datetime | None = Field(None, description="When status last changed.")
 
 
 class ExecutionTaskStatus(Model):
@@ -362,14 +362,14 @@ class ExecutionTaskStatus(Model):
     isolation_level: IsolationLevel | None = Field(None, description="The isolation the task really got.")
     node: str = Field("", description="Node (or host) the task ran on.")
     exit_code: int | None = Field(None, description="Exit code; 124 after a timeout, 128+N after signal N.")
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-    duration_seconds: float | None = None
-    stats: TaskStats | None = None
-    logs: LogTails | None = None
-    outputs: list[OutputRecord] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
+    start_time: datetime | None = Field(None, description="When the command started.")
+    completion_time: datetime | None = Field(None, description="When the task reached a finished phase.")
+    duration_seconds: float | None = Field(None, description="Wall-clock run time of the command in seconds.")
+    stats: TaskStats | None = Field(None, description="Resource use measured by the executor.")
+    logs: LogTails | None = Field(None, description="Bounded tails of the command's output.")
+    outputs: list[OutputRecord] = Field(default_factory=list, description="Collected output files with digests.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard Kubernetes conditions.")
+    observed_generation: int | None = Field(None, description="spec generation this status describes.")
 
 
 class ObjectMeta(BaseModel):
