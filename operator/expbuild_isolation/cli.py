@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     crd = sub.add_parser("crd", help="print the ExecutionTask CustomResourceDefinition")
+    crd.add_argument("--reference", action="store_true",
+                     help="print a Markdown reference of every field instead of the YAML")
     crd.set_defaults(func=_crd)
 
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
@@ -185,7 +187,11 @@ def _print_status(name: str, status: ExecutionTaskStatus, output: str) -> None:
                 print(tail, end="" if tail.endswith("\n") else "\n")
 
 
-def _crd(_args: argparse.Namespace) -> int:
+def _crd(args: argparse.Namespace) -> int:
+    if args.reference:
+        from .api.reference import render_reference
+        sys.stdout.write(render_reference())
+        return 0
     from .api.crd import render_crd_yaml
     sys.stdout.write(render_crd_yaml())
     return 0
