@@ -1,0 +1,41 @@
+"""docs/capabilities.md is what the escape suite declares; no backend is started here."""
+
+from pathlib import Path
+
+from . import matrix
+from .conftest import ATTACK_NAMES, BACKENDS, EXPECTED
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "capabilities.md"
+
+
+def test_committed_capability_matrix_matches_the_suite():
+    assert DOC.read_text() == matrix.render(), f"docs/capabilities.md is stale: run `{matrix.REGENERATE}`"
+
+
+def test_every_attack_in_the_suite_has_a_row():
+    keys = [attack.key for attack in matrix.attacks()]
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted(ATTACK_NAMES.values()), "add the new test to conftest.ATTACK_NAMES"
+    for attack in matrix.attacks():
+        assert f"(`{attack.key}`)" in matrix.attack_table()
+
+
+def test_every_expectation_names_a_known_backend_and_attack():
+    keys = {attack.key for attack in matrix.attacks()}
+    assert {(b, a) for b, a in EXPECTED if b not in BACKENDS or a not in keys} == set()
+
+
+def test_limits_are_read_from_the_hostile_calls():
+    limits = {attack.key: attack.limits for attack in matrix.attacks()}
+    assert limits["disk"]["disk"] == 16 << 20
+    assert limits["fork_bomb"]["pids"] == 64
+    assert limits["strict_syscalls"]["seccomp"] == "expbuild-strict"
+
+
+def test_only_container_backends_refuse_up_front_and_docker_has_no_disk_limit():
+    assert [b for b in BACKENDS if matrix.refuses_up_front(b)] == ["docker", "podman"]
+    disk = next(a for a in matrix.attacks() if a.key == "disk")
+    caps = matrix.backend_capabilities()
+    assert matrix.verdict("docker", disk, caps["docker"]).startswith("– refused up front")
+    assert matrix.verdict("namespace", disk, caps["namespace"]) == "✔"
