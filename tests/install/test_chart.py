@@ -455,3 +455,21 @@ def test_install_manifests_apply_in_order_and_validate() -> None:
     assert not [o for o in objects if o["kind"] == "DaemonSet"]
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     assert violations(deployment["spec"]["template"]["spec"]) == []
+
+
+def test_the_operator_grants_match_what_its_code_calls(defaults: list[dict[str, Any]]) -> None:
+    """Pinned from controller/cluster.py + handlers.py and kopf's needs; test_rbac.py checks them against a recording."""
+    role = one(defaults, "ClusterRole", OPERATOR)
+    granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted == {
+        ("expbuild.io", "executiontasks"): sorted(["get", "list", "watch", "patch"]),
+        ("expbuild.io", "executiontasks/status"): ["patch"],
+        ("batch", "jobs"): sorted(["get", "list", "watch", "create", "delete"]),
+        ("", "pods"): ["list", "watch"],
+        ("", "pods/log"): ["get"],
+        ("", "configmaps"): ["create", "get"],
+        ("networking.k8s.io", "networkpolicies"): ["create", "get"],
+        ("", "events"): ["create"],
+        ("coordination.k8s.io", "leases"): ["get"],
+    }
