@@ -130,6 +130,10 @@ async def test_an_agent_whose_lease_expires_loses_its_running_task(api, operator
     assert task["status"]["reason"] == "AgentLost"
     assert "n1" in task["status"]["message"] and "expbuild-agent-n1" in task["status"]["message"]
     assert counting.runs == ["uid-orphan"]
+    # The periodic agent check posts the Event too (it runs outside any kopf handler).
+    lost = await eventually(lambda: _true([e for e in api.events_for("orphan") if e["reason"] == "AgentLost"]),
+                            timeout=5, what="an AgentLost Event")
+    assert lost[0]["type"] == "Warning" and "expbuild-agent-n1" in lost[0]["message"]
 
 
 async def test_a_task_whose_agent_is_lost_before_it_started_is_placed_again(api, operator):

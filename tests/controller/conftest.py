@@ -112,8 +112,12 @@ async def api(kmock: Any) -> Api:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(server: Any, config: OperatorConfig) -> AsyncIterator[None]:
-    """kopf in its own thread and loop, as in production (kopf cancels foreign tasks of its loop on exit)."""
+async def running_operator(server: Any, config: OperatorConfig, *, peering: str | None = None
+                           ) -> AsyncIterator[None]:
+    """kopf in its own thread and loop, as in production (kopf cancels foreign tasks of its loop on exit).
+
+    ``peering`` names a kopf peering object to join (replicas > 1); None runs standalone.
+    """
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=str(server.url).rstrip("/"), insecure=True)
 
@@ -121,10 +125,12 @@ async def running_operator(server: Any, config: OperatorConfig) -> AsyncIterator
     settings = kopf.OperatorSettings()
     settings.watching.reconnect_backoff = 0.1
     settings.networking.request_timeout = 10
+    settings.peering.interval = 0.2
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(target=asyncio.run, name="kopf", daemon=True, args=(kopf.operator(
         registry=registry, memo=memo, settings=settings, namespaces=config.namespaces,
-        clusterwide=not config.namespaces, standalone=True, stop_flag=stop, ready_flag=ready),))
+        clusterwide=not config.namespaces, standalone=peering is None, peering_name=peering,
+        stop_flag=stop, ready_flag=ready),))
     thread.start()
     assert await asyncio.to_thread(ready.wait, 10), "the operator did not start within 10 seconds"
     try:

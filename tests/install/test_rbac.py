@@ -19,7 +19,6 @@ import functools
 import inspect
 import json
 import os
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 from unittest import mock
 
 import kmock as kmock_lib
-import kopf
 import pytest
 from kmock._internal import parsing as kmock_parsing
 
@@ -36,13 +34,13 @@ from expbuild_isolation.agent.node import AgentSettings, NodeAgent
 from expbuild_isolation.api.task import IsolationLevel
 from expbuild_isolation.controller.cluster import _COLLECTIONS as CLUSTER_COLLECTIONS
 from expbuild_isolation.controller.cluster import Cluster
-from expbuild_isolation.controller.run import build
 from expbuild_isolation.kube.config import OperatorConfig
 from expbuild_isolation.worker.config import WorkerConfig
 from tests.agent.conftest import AGENTS_NS, CGROUP_PARENT, LEASES, declare_leases
 from tests.agent.test_agent import advertise, placed, sh
 from tests.controller.conftest import (
-    ALL_VERBS, CONFIGMAPS, JOBS, NETPOLS, NS, PODS, TASKS, Api, declare_resources, eventually, task_body,
+    ALL_VERBS, CONFIGMAPS, JOBS, NETPOLS, NS, PODS, TASKS, Api, declare_resources, eventually, running_operator,
+    task_body,
 )
 from tests.controller.test_operator import pod_body
 
@@ -264,31 +262,6 @@ async def record_peering(recording: Recording, namespaces: list[str]) -> None:
 
 async def _peered(server: Any) -> bool:
     return any(r.method.value == "PATCH" and "kopfpeerings/" in r.url.path for r in list(server))
-
-
-@contextlib.asynccontextmanager
-async def running_operator(server: Any, config: OperatorConfig, *, peering: str | None = None) -> AsyncIterator[None]:
-    """tests/controller's ``running_operator``, with kopf peering when ``peering`` names the object."""
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=str(server.url).rstrip("/"), insecure=True)
-
-    registry, memo = build(config, login)
-    settings = kopf.OperatorSettings()
-    settings.watching.reconnect_backoff = 0.1
-    settings.peering.interval = 0.2
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(target=asyncio.run, name="kopf", daemon=True, args=(kopf.operator(
-        registry=registry, memo=memo, settings=settings, namespaces=config.namespaces,
-        clusterwide=not config.namespaces, standalone=peering is None, peering_name=peering,
-        stop_flag=stop, ready_flag=ready),))
-    thread.start()
-    assert await asyncio.to_thread(ready.wait, 10), "the operator did not start within 10 seconds"
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.to_thread(thread.join, 15)
-        assert not thread.is_alive(), "the operator did not stop within 15 seconds"
 
 
 @contextlib.asynccontextmanager

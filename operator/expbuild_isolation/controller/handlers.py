@@ -25,6 +25,7 @@ whole life, which cost ~15-25 MiB at 1,000 tasks.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -61,6 +62,9 @@ class OperatorState:
     # unfinished tasks seen on the watch stream: key -> placed on a node agent (has the node label)
     unfinished: dict[str, bool] = field(default_factory=dict)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
+    # The context of a kopf handler (``track``): kopf.event needs its posting queue's context variables,
+    # which the startup handler that starts the periodic loops does not have yet.
+    handler_context: contextvars.Context | None = None
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -182,6 +186,8 @@ async def track(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) ->
     meta = body.get("metadata", {})
     if not meta.get("namespace") or not meta.get("name"):
         return
+    if state.handler_context is None:
+        state.handler_context = contextvars.copy_context()
     key = _key(meta["namespace"], meta["name"])
     phase = Phase((body.get("status") or {}).get("phase") or "Pending")
     if type == "DELETED" or phase.finished:
@@ -234,7 +240,9 @@ async def _periodic(state: OperatorState, interval: float, check: Any, *, agents
         await asyncio.sleep(interval)
         keys = [key for key, on_agent in list(state.unfinished.items()) if on_agent or not agents_only]
         if keys:
-            await asyncio.gather(*(one(key) for key in keys))
+            # Each check runs in a copy of a kopf handler's context, so its Events are posted.
+            ctx = state.handler_context or contextvars.copy_context()
+            await asyncio.gather(*(asyncio.create_task(one(key), context=ctx.copy()) for key in keys))
 
 
 async def reconcile(state: OperatorState, namespace: str, name: str) -> None:
