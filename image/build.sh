@@ -15,7 +15,8 @@
 #
 # Tags: ghcr.io/expbuild/expbuild-isolation:<version> and localhost/expbuild-isolation:<version>,
 # <version> being __version__ of the package. The label expbuild.io/inputs-sha256 holds
-# --inputs-hash, which .ci/build-image.sh compares to skip builds that would change nothing.
+# --inputs-hash and expbuild.io/base the base image: .ci/build-image.sh compares both to skip
+# builds that would change nothing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,7 @@ BASE_PACKAGES=python3,python3-venv,busybox-static,ca-certificates,libseccomp2
 CACHE=${EXPBUILD_CACHE:-/var/cache/expbuild}
 PYTHON=${PYTHON:-python3.11}
 HASH_LABEL=expbuild.io/inputs-sha256
+BASE_LABEL=expbuild.io/base
 BUILD_LOG=/var/log/expbuild-build-image.log
 WHEELS_LOG=/var/log/expbuild-build-image-wheels.log
 CTX=
@@ -130,7 +132,7 @@ build() {
     log "$ENGINE build expbuild-isolation:$version from $BASE"
     # DOCKER_BUILDKIT=0: docker.io 20.10 here has no buildx; the classic builder does multi-stage.
     DOCKER_BUILDKIT=0 "$ENGINE" build "${network[@]}" -f "$CTX/Containerfile" \
-        --build-arg BASE="$BASE" --build-arg VERSION="$version" --label "$HASH_LABEL=$hash" \
+        --build-arg BASE="$BASE" --build-arg VERSION="$version" --label "$HASH_LABEL=$hash" --label "$BASE_LABEL=$BASE" \
         -t "ghcr.io/expbuild/expbuild-isolation:$version" -t "localhost/expbuild-isolation:$version" \
         "$CTX" >"$BUILD_LOG" 2>&1 || { tail -n 30 "$BUILD_LOG" >&2; die "$ENGINE build failed; see $BUILD_LOG"; }
     # the install stage and the image this one replaces (unless a container still uses it)

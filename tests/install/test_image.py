@@ -138,3 +138,4 @@ def test_labels(current_image):
     assert current_image["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert current_image["org.opencontainers.image.source"].startswith("https://")
     assert len(current_image[HASH_LABEL]) == 64
+    assert current_image["expbuild.io/base"]
