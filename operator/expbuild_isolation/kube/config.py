@@ -23,7 +23,8 @@ Variables (all optional):
     ttlSecondsAfterFinished of each Job (default 3600).
 ``EXPBUILD_SUPERVISOR_IMAGE``
     Image holding a static busybox that is copied into each task pod (default
-    ``ghcr.io/expbuild/expbuild-isolation:latest``, the operator's own image).
+    ``ghcr.io/expbuild/expbuild-isolation:<version>``, the operator's own image as
+    ``image/build.sh`` tags it and the Helm chart sets it).
 ``EXPBUILD_SUPERVISOR_BINARY``
     Path of that busybox inside the supervisor image (default ``/bin/busybox``).
 ``EXPBUILD_FQDN_POLICIES``
@@ -56,7 +57,9 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_SUPERVISOR_IMAGE = "ghcr.io/expbuild/expbuild-isolation:latest"
+from .. import __version__
+
+DEFAULT_SUPERVISOR_IMAGE = f"ghcr.io/expbuild/expbuild-isolation:{__version__}"
 
 
 class OperatorConfig(BaseModel):
