@@ -28,6 +28,16 @@ def pod_body(task_name: str, state: dict, phase: str = "Running") -> dict:
                        "containerStatuses": [{"name": "task", "state": state}]}}
 
 
+async def kubelet_completes(api, task_name: str, report: str) -> None:
+    """Play the kubelet and the Job controller: the task's pod and Job end successfully with ``report``."""
+    done = {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
+                           "startedAt": "2025-03-01T12:00:02Z", "finishedAt": "2025-03-01T12:00:05Z"}}
+    await api.patch(f"{PODS}/xt-{task_name}-abcde", {"status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "task", "state": done}]}})
+    await api.patch(f"{JOBS}/xt-{task_name}", {"status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}})
+
+
 async def test_the_task_follows_its_pod_and_job_to_success(api, operator):
     await api.create(TASKS, task_body("follow", outputs={"paths": ["out/app"]}))
     await eventually(lambda: _phase(api, "follow", "Scheduled"), what="Scheduled")
@@ -35,12 +45,7 @@ async def test_the_task_follows_its_pod_and_job_to_success(api, operator):
     running = await eventually(lambda: _phase(api, "follow", "Running"), what="Running")
     assert running["status"]["node"] == "worker-3"
     report = '{"v":1,"exit":0,"cg":2,"cpu_us":500000,"mem":1048576,"trunc":0,"out":[[0,"%s",3,0]]}' % ("c" * 64)
-    finished = {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
-                               "startedAt": "2025-03-01T12:00:02Z", "finishedAt": "2025-03-01T12:00:05Z"}}
-    await api.patch(f"{PODS}/xt-follow-abcde", {"status": {"phase": "Succeeded", "containerStatuses": [
-        {"name": "task", "state": finished}]}})
-    await api.patch(f"{JOBS}/xt-follow", {"status": {"succeeded": 1, "conditions": [
-        {"type": "Complete", "status": "True"}]}})
+    await kubelet_completes(api, "follow", report)
     done = await eventually(lambda: _phase(api, "follow", "Succeeded"), what="Succeeded")
     status = done["status"]
     assert status["exitCode"] == 0 and status["durationSeconds"] == 3.0 and status["reason"] == "Completed"

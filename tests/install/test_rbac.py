@@ -42,7 +42,7 @@ from tests.controller.conftest import (
     ALL_VERBS, CONFIGMAPS, JOBS, NETPOLS, NS, PODS, TASKS, Api, declare_resources, eventually, running_operator,
     task_body,
 )
-from tests.controller.test_operator import pod_body
+from tests.controller.test_operator import kubelet_completes, pod_body
 
 from .chart import HELM, NO_HELM, render_chart
 from .rbac import Authorizer, Permission, permission_of
@@ -137,12 +137,7 @@ async def runs_to_success(api: Api) -> None:
     await api.create(PODS, pod_body("hello", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
     await phase(api, "hello", "Running")
     report = '{"v":1,"exit":0,"cg":2,"cpu_us":5,"mem":1,"trunc":0,"out":[[0,"%s",3,0]]}' % ("c" * 64)
-    done = {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
-                           "startedAt": "2025-03-01T12:00:02Z", "finishedAt": "2025-03-01T12:00:05Z"}}
-    await api.patch(f"{PODS}/xt-hello-abcde", {"status": {"phase": "Succeeded", "containerStatuses": [
-        {"name": "task", "state": done}]}})
-    await api.patch(f"{JOBS}/xt-hello", {"status": {"succeeded": 1, "conditions": [
-        {"type": "Complete", "status": "True"}]}})
+    await kubelet_completes(api, "hello", report)
     await phase(api, "hello", "Succeeded")
 
 
