@@ -1,7 +1,9 @@
 """Audit trail: one JSON line per task start and end on the ``expbuild.audit`` logger.
 
-``audit_record`` is pure (tested as such) and shared by the operator, the agent
-and local runs; ``emit`` writes it. Route the logger wherever audit lines must
+``audit_record`` is pure (tested as such) and shared by the operator and the
+agent (the REAPI worker writes its own lines on the same logger); ``emit``
+writes it. ``expbuild-isolation run`` writes none: its caller is the person at
+the terminal, and its output is the status. Route the logger wherever audit lines must
 go (the operator logs it to stdout like everything else).
 """
 
