@@ -121,7 +121,7 @@ async def running_operator(server: Any, config: OperatorConfig, *, peering: str 
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=str(server.url).rstrip("/"), insecure=True)
 
-    registry, memo = build(config, login)
+    registry, memo = build(config, login, peering=peering)
     settings = kopf.OperatorSettings()
     settings.watching.reconnect_backoff = 0.1
     settings.networking.request_timeout = 10

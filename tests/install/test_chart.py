@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(HELM is None, reason=NO_HELM)
 
 K8S_VERSION = kubernetes_validate.utils.latest_version()
 # Kinds whose schemas kubernetes-validate does not ship (CRDs of other projects): checked by hand below.
-NOT_IN_KUBERNETES = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+NOT_IN_KUBERNETES = {"ServiceMonitor"}
 RELEASE = "expbuild-isolation"
 OPERATOR = f"{RELEASE}-operator"
 AGENT = f"{RELEASE}-agent"
@@ -98,10 +98,8 @@ def test_foreign_kinds_have_the_shape_their_operators_expect(full: list[dict[str
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
-    peerings = find(full, "KopfPeering")
-    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings} == {("a", RELEASE), ("b", RELEASE)}
-    assert all(p["apiVersion"] == "kopf.dev/v1" and "post-install" in p["metadata"]["annotations"]["helm.sh/hook"]
-               for p in peerings)
+    # The peering objects are the operator's to create at startup (controller.run.build), not the chart's.
+    assert not find(full, "KopfPeering") and not find(full, "ClusterKopfPeering")
 
 
 def test_defaults_render_the_operator_only(defaults: list[dict[str, Any]]) -> None:
@@ -113,7 +111,7 @@ def test_defaults_render_the_operator_only(defaults: list[dict[str, Any]]) -> No
 
 
 def test_every_namespaced_object_lands_in_the_release_namespace() -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     for obj in render_chart(FULL_OPTIONS | {"watchNamespaces": []}, namespace="build-infra"):
         if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == "build-infra", obj["metadata"]["name"]
@@ -277,9 +275,8 @@ def test_more_replicas_use_peering_with_its_crds_and_rbac() -> None:
     assert f"--peering={RELEASE}" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     crds = {c["metadata"]["name"] for c in find(objects, "CustomResourceDefinition")}
     assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
-    assert one(objects, "ClusterKopfPeering", RELEASE)
     granted = {(r, tuple(rule["verbs"])) for _, rule in rbac_rules(objects) for r in rule["resources"]}
-    assert ("clusterkopfpeerings", ("list", "watch", "patch")) in granted
+    assert ("clusterkopfpeerings", ("list", "watch", "create", "patch")) in granted
 
 
 def test_watched_namespaces_become_operator_arguments(full: list[dict[str, Any]]) -> None:

@@ -239,17 +239,14 @@ async def record_operator(recording: Recording, namespaces: list[str]) -> None:
 
 
 async def record_peering(recording: Recording, namespaces: list[str]) -> None:
-    """kopf peering (``--peering <release>``, replicas > 1): the peering object is read and kept alive."""
+    """kopf peering (``--peering <release>``, replicas > 1): the peering object is created and kept alive."""
     config = OperatorConfig(namespaces=namespaces, metrics_port=0, resync_seconds=3600, agent_namespace=AGENTS_NS)
     async with emulator() as server:
         info = kmock_lib.ResourceInfo
         server.resources["kopf.dev/v1/kopfpeerings"] = info(kind="KopfPeering", namespaced=True, verbs=ALL_VERBS)
         server.resources["kopf.dev/v1/clusterkopfpeerings"] = info(kind="ClusterKopfPeering", namespaced=False,
                                                                    verbs=ALL_VERBS)
-        for namespace in namespaces or [None]:
-            kind = "KopfPeering" if namespace else "ClusterKopfPeering"
-            server.objects[f"kopf.dev/v1/{kind.lower()}s", namespace, RELEASE] = {
-                "apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": RELEASE, "namespace": namespace}}
+        # No peering object yet: the operator creates it (controller.run.ensure_peering), then kopf patches it.
         async with running_operator(server, config, peering=RELEASE):
             await eventually(lambda: _peered(server), what="kopf to announce itself in the peering object")
         recording.add(server, peering=True)
@@ -429,7 +426,7 @@ def test_the_recording_reaches_every_api_call_site_of_the_code(recorded):
 def test_the_recording_touches_every_kind_the_operator_knows(recorded):
     """``cluster``'s table of collections: a kind added there needs a scenario here."""
     kinds = {permission_of("POST", path.format(ns=NS)).resource for path in CLUSTER_COLLECTIONS.values()}
-    touched = {p.resource.split("/")[0] for p in recorded.modes["clusterwide"].operator}
+    touched = {p.resource.split("/")[0] for mode in recorded.modes.values() for p in mode.operator | mode.peering}
     assert kinds - touched == set()
 
 

@@ -28,6 +28,8 @@ _COLLECTIONS = {
     ("cilium.io/v2", "CiliumNetworkPolicy"): "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies",
     (f"{GROUP}/{VERSION}", "ExecutionTask"): f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
     ("coordination.k8s.io/v1", "Lease"): "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+    ("kopf.dev/v1", "KopfPeering"): "/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings",
+    ("kopf.dev/v1", "ClusterKopfPeering"): "/apis/kopf.dev/v1/clusterkopfpeerings",
 }
 
 
@@ -112,6 +114,17 @@ class Cluster:
             return existing
         raise NotOwned(f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not owned by "
                        f"this task; delete it or rename the task")
+
+    async def create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """Create ``obj`` unless an object of its name exists (left as it is); True when created."""
+        path = self.collection(obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace") or "")
+        try:
+            await self.call("POST", path, body=obj)
+            return True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            return False
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

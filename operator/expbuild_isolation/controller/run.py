@@ -20,8 +20,14 @@ from ..kube.config import OperatorConfig
 from .handlers import OperatorState, make_registry, remember_login
 
 
-def build(config: OperatorConfig, login: Any) -> tuple[kopf.OperatorRegistry, kopf.Memo]:
-    """The registry (handlers + ``login``) and the memo carrying the shared state."""
+def build(config: OperatorConfig, login: Any, *, peering: str | None = None
+          ) -> tuple[kopf.OperatorRegistry, kopf.Memo]:
+    """The registry (handlers + ``login``) and the memo carrying the shared state.
+
+    With ``peering`` (replicas > 1) a startup handler first creates the peering
+    object(s) kopf will use, if absent: kopf only patches an existing one, and
+    without it every replica would believe it is alone and serve every task.
+    """
     registry = make_registry(config)
     state = OperatorState(config=config)
 
@@ -30,8 +36,25 @@ def build(config: OperatorConfig, login: Any) -> tuple[kopf.OperatorRegistry, ko
         info = await info if asyncio.iscoroutine(info) else info
         return remember_login(state, info) if info is not None else None
 
+    async def ensure_peering(logger: Any, **kwargs: Any) -> None:
+        if state.cluster is None:  # startup handlers run before kopf's first API call logs in
+            await login_and_remember(logger=logger, **kwargs)
+        for obj in peering_objects(peering or "", config.namespaces):
+            if await state.api.create_if_absent(obj):
+                logger.info(f"created {obj['kind']} {peering!r} for kopf peering")
+
     kopf.on.login(registry=registry, id="login")(login_and_remember)
+    if peering:
+        kopf.on.startup(registry=registry, id="peering")(ensure_peering)
     return registry, kopf.Memo(state=state)
+
+
+def peering_objects(name: str, namespaces: list[str]) -> list[dict[str, Any]]:
+    """kopf's peering object: one ClusterKopfPeering cluster-wide, else a KopfPeering per namespace."""
+    if not namespaces:
+        return [{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}]
+    return [{"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": ns}}
+            for ns in namespaces]
 
 
 def run_operator(namespaces: list[str], *, liveness: str | None, peering: str | None, standalone: bool) -> None:
@@ -48,7 +71,8 @@ def run_operator(namespaces: list[str], *, liveness: str | None, peering: str | 
     logging.getLogger("expbuild.audit").setLevel(logging.INFO)
     if config.metrics_port:
         metrics.start_metrics_server(config.metrics_port)
-    registry, memo = build(config, kopf.login_via_client)
+    peering = None if standalone else peering
+    registry, memo = build(config, kopf.login_via_client, peering=peering)
     asyncio.run(kopf.operator(
         registry=registry, memo=memo, namespaces=config.namespaces, clusterwide=not config.namespaces,
         standalone=standalone or peering is None, peering_name=peering, liveness_endpoint=liveness,
