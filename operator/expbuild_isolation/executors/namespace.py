@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import json
 import os
+import platform
 import shutil
 import socket
 import stat
@@ -45,14 +46,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..api.task import IsolationLevel, NetworkMode
-from . import cgroups, nsinit, seccomp
+from . import cgroups, linux, nsinit, seccomp
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    TerminationReason)
 from .config import NamespaceConfig
+from .launch import DEFAULT_PATH, LaunchSpec, Prepared, effective_namespaces
+from .sandbox_root import LAUNCH_ROOT
 from .workspace import collect_outputs
 
-DISK_ROOT = Path(nsinit.LAUNCH_ROOT) / "disk"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DISK_ROOT = Path(LAUNCH_ROOT) / "disk"
 _sequence = itertools.count()
 SPARES_PER_SHAPE = int(os.environ.get("EXPBUILD_NAMESPACE_SPARES", "2"))   # 0: every task waits for its own
 SPARE_MAX_AGE = 60.0
@@ -72,7 +74,7 @@ class _Zygote:
         return cls._process is not None and cls._process.poll() is None
 
     @classmethod
-    def prepare(cls, prepared: nsinit.Prepared) -> tuple[int, socket.socket]:
+    def prepare(cls, prepared: Prepared) -> tuple[int, socket.socket]:
         """Fork a spare that joins ``prepared.cgroup_procs`` (sent open: the cgroup may be renamed before
         the spare gets to it); returns its slot number (for traces) and the socket its task goes to."""
         fds: list[int] = []
@@ -148,7 +150,7 @@ class _Spare:
     made: float
     pooled: bool = False
 
-    def launch(self, spec: nsinit.LaunchSpec, fds: list[int]) -> bool:
+    def launch(self, spec: LaunchSpec, fds: list[int]) -> bool:
         """Hand the task over; False if the spare is gone (the caller makes another in the same cgroup)."""
         try:
             socket.send_fds(self.sock, [spec.to_bytes()], fds)
@@ -264,8 +266,8 @@ def make_spare(shape: _Shape) -> _Spare:
 _POOL = _SparePool()
 
 
-def _prepared(group: cgroups.TaskCgroup, shape: _Shape) -> nsinit.Prepared:
-    return nsinit.Prepared(cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
+def _prepared(group: cgroups.TaskCgroup, shape: _Shape) -> Prepared:
+    return Prepared(cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
                            rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes,
                            host_network=shape.host_network, pivot_early=shape.pivot_early)
 
@@ -273,7 +275,7 @@ def _prepared(group: cgroups.TaskCgroup, shape: _Shape) -> nsinit.Prepared:
 def _open_tree_works() -> bool:
     """Whether this kernel has open_tree(2)/move_mount(2) (5.2+): then spares pivot before their task."""
     if not _OPEN_TREE:
-        fd = nsinit.open_tree("/")
+        fd = linux.open_tree("/")
         if fd is not None:
             os.close(fd)
         _OPEN_TREE.append(fd is not None)
@@ -389,8 +391,8 @@ class NamespaceExecutor:
         if os.geteuid() != 0:
             return (f"needs root or unprivileged user namespaces (the user-namespace mode is not implemented); "
                     f"running as uid {os.geteuid()}")
-        if nsinit.platform.machine() not in nsinit.SYS_PIVOT_ROOT:
-            return f"needs x86_64 or aarch64 syscall numbers; this is {nsinit.platform.machine()}"
+        if platform.machine() not in linux.SYS_PIVOT_ROOT:
+            return f"needs x86_64 or aarch64 syscall numbers; this is {platform.machine()}"
         try:
             cgroups.detect_version()
         except cgroups.CgroupError as exc:
@@ -411,7 +413,7 @@ class NamespaceExecutor:
                                       ("ipc", self.config.use_ipc_namespace)) if on]
 
     def _shape(self, network: NetworkMode) -> _Shape:
-        namespaces = tuple(nsinit.effective_namespaces(self._namespaces(), _NETWORK[network]))
+        namespaces = tuple(effective_namespaces(self._namespaces(), _NETWORK[network]))
         return _Shape(self.cgroup_parent, namespaces, self.config.rootfs, self.config.tmp_size_bytes,
                       host_network=network == NetworkMode.FULL,
                       pivot_early="mount" in namespaces and _open_tree_works())
@@ -456,19 +458,19 @@ class NamespaceExecutor:
         return _Spare(slot, sock, group, time.monotonic())
 
     def _spec(self, request: ExecutionRequest, workspace: Path, group: cgroups.TaskCgroup, profile: str | None,
-              disk: Path | None) -> nsinit.LaunchSpec:
+              disk: Path | None) -> LaunchSpec:
         env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "TMPDIR": "/tmp", **request.env}
         namespaces = self._namespaces()
         network = _NETWORK[request.limits.network.mode]
         uid = request.run_as_user
-        return nsinit.LaunchSpec(
+        return LaunchSpec(
             argv=list(request.argv), env=env, cwd=str(Path("/workspace", request.working_dir)),
             workspace=str(workspace), cgroup_procs=[str(p) for p in group.procs_files], rootfs=self.config.rootfs,
             tmp_source=str(disk / "tmp") if disk else None, tmp_size_bytes=self.config.tmp_size_bytes,
             network=network, uid=uid, gid=uid, seccomp_profile=profile, read_only_root=request.read_only_root,
             namespaces=namespaces)
 
-    async def _run(self, spec: nsinit.LaunchSpec, request: ExecutionRequest, outcome: dict, spare: _Spare,
+    async def _run(self, spec: LaunchSpec, request: ExecutionRequest, outcome: dict, spare: _Spare,
                    shape: _Shape, name: tuple[str, str]) -> None:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -476,7 +478,7 @@ class NamespaceExecutor:
         trees = []
         if "mount" in shape.namespaces:
             for tree, path in (("workspace", spec.workspace), ("tmp", spec.tmp_source)):
-                fd = nsinit.open_tree(path) if path else None
+                fd = linux.open_tree(path) if path else None
                 if fd is not None:
                     spec.trees.append(tree)
                     trees.append(fd)
@@ -623,7 +625,7 @@ def _make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
     """A host tmpfs of ``size`` bytes holding a copy of the workspace (ws/) and the task's /tmp (tmp/)."""
     disk = DISK_ROOT / name
     disk.mkdir(parents=True)
-    nsinit.mount("tmpfs", str(disk), "tmpfs", nsinit.MS_NOSUID | nsinit.MS_NODEV, f"size={size},mode=0755")
+    linux.mount("tmpfs", str(disk), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"size={size},mode=0755")
     try:
         shutil.copytree(request.workspace, disk / "ws", symlinks=True, dirs_exist_ok=True)
         (disk / "tmp").mkdir(mode=0o1777)
@@ -649,6 +651,6 @@ def _copy_back_and_remove(disk: Path, workspace: Path) -> None:
 
 def _remove_disk(disk: Path) -> None:
     with contextlib.suppress(OSError):
-        nsinit.umount(str(disk))
+        linux.umount(str(disk))
     with contextlib.suppress(OSError):
         disk.rmdir()

@@ -32,49 +32,28 @@ namespace). Setup failures -- including a spare's, found when its task comes --
 are written as ``setup-error: ...`` / ``exec-error: ...`` by pid 1 itself;
 every pipe is close-on-exec, so the task holds only its stdio.
 
-This module imports nothing heavy: it runs in every forked child.
+The steps live beside this loop: ``launch`` (the two messages), ``sandbox_root``
+(the root and pivot_root), ``privileges`` (capabilities, uid, no_new_privs),
+``linux`` (the system calls). None of them imports anything heavy: they run in
+every forked child.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import gc
 import json
 import os
-import platform
 import signal
 import socket
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 
-from . import seccomp
+from . import sandbox_root, seccomp
+from .launch import LaunchSpec, Prepared, default_spec, effective_namespaces
+from .linux import NAMESPACE_FLAGS, PR_SET_PDEATHSIG, libc, unshare
+from .privileges import drop_bounding_set, drop_privileges, last_cap
 
-LAUNCH_ROOT = "/run/expbuild-isolation"
-ROOT_MOUNTPOINT = f"{LAUNCH_ROOT}/root"   # every task mounts its root here, each in its own mount namespace
-HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-ETC_BINDS = ("nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime",
-             "host.conf", "gai.conf")
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
-
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-NAMESPACE_FLAGS = {"pid": CLONE_NEWPID, "mount": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
-                   "net": CLONE_NEWNET}
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
-SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
-SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429   # one number on every architecture (the unified table, 5.2+)
-AT_FDCWD, AT_RECURSIVE, OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = -100, 0x8000, 1, os.O_CLOEXEC
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-
-_libc = ctypes.CDLL(None, use_errno=True)
 _TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<slot> <stage> <monotonic ns>" lines
 
 
@@ -88,176 +67,6 @@ def open_trace() -> None:
 def trace(stage: str, slot: int = -1) -> None:
     if _TRACE_FD >= 0:
         os.write(_TRACE_FD, f"{slot} {stage} {time.perf_counter_ns()}\n".encode())
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-
-
-@dataclass
-class LaunchSpec:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str                                # inside the new root
-    workspace: str                          # host directory bound at /workspace
-    cgroup_procs: list[str] = field(default_factory=list)
-    rootfs: str = "host"
-    tmp_source: str | None = None           # host directory bound at /tmp (disk-limited tasks) ...
-    tmp_size_bytes: int = 64 << 20          # ... else a tmpfs of this size
-    network: str = "none"                   # none | localhost | full
-    hostname: str = "expbuild"
-    uid: int | None = 65534
-    gid: int | None = 65534
-    seccomp_profile: str | None = "expbuild-default"
-    read_only_root: bool = True
-    namespaces: list[str] = field(default_factory=lambda: ["pid", "mount", "net", "uts", "ipc"])
-    trees: list[str] = field(default_factory=list)   # "workspace"/"tmp": sent as open_tree() fds after the pipes
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def umount(target: str, flags: int = MNT_DETACH) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
-
-
-def _bind(source: str, target: str, *, readonly: bool, extra: int = MS_NOSUID | MS_NODEV) -> None:
-    mount(source, target, None, MS_BIND | MS_REC)
-    mount(None, target, None, MS_BIND | MS_REMOUNT | extra | (MS_RDONLY if readonly else 0))
-
-
-def _touch(path: str) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-
-
-def _bind_file(source: str, target: str) -> None:
-    if os.path.isdir(source) and not os.path.islink(source):
-        os.mkdir(target)
-    elif os.path.exists(source):
-        _touch(target)
-    else:
-        return
-    _bind(source, target, readonly=True)
-
-
-def _host_root(root: str) -> None:
-    """A fresh tmpfs root holding read-only binds of the host's programs and a minimal /etc."""
-    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    for path in HOST_DIRS:
-        target = root + path
-        if os.path.islink(path):
-            os.symlink(os.readlink(path), target)
-        elif os.path.isdir(path):
-            os.mkdir(target)
-            _bind(path, target, readonly=True)
-    os.mkdir(f"{root}/etc")
-    for name in ETC_BINDS:
-        _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
-
-
-def _etc_key(spec: LaunchSpec) -> tuple:
-    return spec.uid, spec.gid, spec.hostname, spec.network == "full"
-
-
-def _default_spec(host_network: bool) -> LaunchSpec:
-    return LaunchSpec(argv=[], env={}, cwd="/", workspace="/", network="full" if host_network else "none")
-
-
-def _host_resolver(root: str) -> None:
-    """Full networking: the host's resolver configuration."""
-    for name in ("resolv.conf", "hosts"):
-        _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
-
-
-def _host_etc(root: str, spec: LaunchSpec) -> None:
-    """The files of /etc that depend on the task: users, groups, hosts, hostname.
-
-    A spare writes them for the default task (uid 65534, hostname expbuild) ahead of time.
-    """
-    uid = spec.uid if spec.uid is not None else 0
-    gid = spec.gid if spec.gid is not None else 0
-    users = {0: "root", 65534: "nobody", uid: "expbuild" if uid not in (0, 65534) else ("root", "nobody")[uid != 0]}
-    _write(f"{root}/etc/passwd", "".join(f"{n}:x:{u}:{u if u != 65534 else 65534}:{n}:/workspace:/bin/sh\n"
-                                         for u, n in sorted(users.items())))
-    groups = {0: "root", 65534: "nogroup", gid: "expbuild" if gid not in (0, 65534) else ("root", "nogroup")[gid != 0]}
-    _write(f"{root}/etc/group", "".join(f"{n}:x:{g}:\n" for g, n in sorted(groups.items())))
-    if spec.network != "full":
-        _write(f"{root}/etc/hosts", f"127.0.0.1 localhost {spec.hostname}\n::1 localhost\n")
-    _write(f"{root}/etc/hostname", spec.hostname + "\n")
-
-
-def _populate(root: str, shm_size: int) -> None:
-    """What every task's root has: mount points, /proc (masked), a minimal read-only /dev."""
-    for name in ("workspace", "proc", "dev", "tmp"):
-        os.makedirs(f"{root}/{name}", exist_ok=True)
-    mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for masked in ("sys", "sysrq-trigger", "irq", "bus"):
-        if os.path.exists(f"{root}/proc/{masked}"):
-            _bind(f"{root}/proc/{masked}", f"{root}/proc/{masked}", readonly=True, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    dev = f"{root}/dev"
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
-    for node in DEV_NODES:
-        if os.path.exists(f"/dev/{node}"):
-            _touch(f"{dev}/{node}")
-            _bind(f"/dev/{node}", f"{dev}/{node}", readonly=False, extra=MS_NOSUID | MS_NOEXEC)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, f"{dev}/{name}")
-    os.mkdir(f"{dev}/shm")
-    mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={shm_size},mode=1777")
-    mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
-
-
-def open_tree(path: str) -> int | None:
-    """A detached copy of the mount tree at ``path`` (open_tree(2), Linux 5.2+), or None where unsupported.
-
-    A spare's mount namespace was copied before its task existed and no longer sees host mounts made
-    since (a disk-limited task's tmpfs, say): the worker opens the task's directories as detached trees
-    in its own namespace and the spare attaches them with move_mount(2).
-    """
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
-    return fd if fd >= 0 else None
-
-
-def _attach(tree: int | None, source: str, target: str, *, extra: int = MS_NOSUID | MS_NODEV) -> None:
-    if tree is None:
-        mount(source, target, None, MS_BIND | MS_REC)
-    else:
-        _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH),
-               f"move_mount {source} to {target}")
-        os.close(tree)
-    mount(None, target, None, MS_BIND | MS_REMOUNT | extra)
-
-
-def _task_mounts(root: str, spec: LaunchSpec, trees: dict[str, int]) -> None:
-    """The task's own directories: the workspace and /tmp."""
-    _attach(trees.get("workspace"), spec.workspace, f"{root}/workspace")
-    if spec.tmp_source:
-        _attach(trees.get("tmp"), spec.tmp_source, f"{root}/tmp", extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    else:
-        mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              f"size={spec.tmp_size_bytes},mode=1777")
-
-
-def _pivot(root: str) -> None:
-    os.chdir(root)
-    _check(_libc.syscall(SYS_PIVOT_ROOT[platform.machine()], b".", b"."), "pivot_root")
-    umount(".")   # the old root, stacked under the new one by pivot_root(".", ".")
-    os.chdir("/")
 
 
 def _loopback_up() -> None:
@@ -265,56 +74,6 @@ def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         ifreq = struct.pack("16sH14s", b"lo", 0x1 | 0x8 | 0x40, b"")   # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
         fcntl.ioctl(sock, 0x8914, ifreq)                                 # SIOCSIFFLAGS
-
-
-_LAST_CAP: list[int] = []
-
-
-def _last_cap() -> int:
-    if not _LAST_CAP:
-        with open("/proc/sys/kernel/cap_last_cap") as handle:
-            _LAST_CAP.append(int(handle.read()))
-    return _LAST_CAP[0]
-
-
-def _drop_bounding_set() -> None:
-    """No capability can come back through exec (what we hold now stays usable until _drop_privileges).
-
-    A spare does this before its task is known; a failure is reported to that task."""
-    for cap in range(_last_cap() + 1):
-        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(CAPBSET_DROP, {cap})")
-    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(CAP_AMBIENT_CLEAR_ALL)")
-
-
-def _drop_privileges(spec: LaunchSpec) -> None:
-    """Everything else: no groups, the task's uid/gid, no capabilities at all, no_new_privs."""
-    os.setgroups([])
-    if spec.gid is not None:
-        os.setresgid(spec.gid, spec.gid, spec.gid)
-    if spec.uid is not None:
-        os.setresuid(spec.uid, spec.uid, spec.uid)
-    header = struct.pack("II", 0x20080522, 0)        # _LINUX_CAPABILITY_VERSION_3, this thread
-    data = ctypes.create_string_buffer(24)           # two zeroed __user_cap_data_struct: no caps at all
-    _check(_libc.syscall(SYS_CAPSET[platform.machine()], ctypes.c_char_p(header), data), "capset")
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def effective_namespaces(namespaces: list[str], network: str) -> list[str]:
-    """The namespaces a task gets: Full networking shares the host's network namespace."""
-    return [name for name in NAMESPACE_FLAGS if name in namespaces and not (name == "net" and network == "full")]
-
-
-@dataclass
-class Prepared:
-    """What a spare builds before its task is known (the executor keeps spares per shape)."""
-
-    cgroup_procs: list[str]      # for messages; the request carries them opened (a rename does not matter)
-    namespaces: list[str]        # effective namespaces: the task's must be the same list
-    rootfs: str = "host"
-    shm_size_bytes: int = 64 << 20
-    host_network: bool = False   # Full networking: the host's resolv.conf and hosts
-    pivot_early: bool = False    # pivot before the task is known (its directories then come as open trees)
 
 
 def _join_cgroup(prep: Prepared, cgroup_fds: list[int]) -> None:
@@ -339,29 +98,18 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
     """
     trace("p.start", slot)
     problem: BaseException | None = None
-    root = ROOT_MOUNTPOINT
-    default = _default_spec(prep.host_network)
+    root = sandbox_root.ROOT_MOUNTPOINT
+    default = default_spec(prep.host_network)
     try:
         _join_cgroup(prep, cgroup_fds)
         trace("p.cgroup", slot)
         if "mount" in prep.namespaces:
-            mount(None, "/", None, MS_REC | MS_PRIVATE)
-            if prep.rootfs == "host":
-                _host_root(root)
-                if prep.host_network:
-                    _host_resolver(root)
-                _host_etc(root, default)
-            else:
-                _bind(prep.rootfs, root, readonly=False)
-            _populate(root, prep.shm_size_bytes)
-            if prep.pivot_early:
-                _pivot(root)
-                root = ""
+            root = sandbox_root.build(prep, default)
         if "uts" in prep.namespaces:
             socket.sethostname(default.hostname)
         with open("/proc/self/oom_score_adj", "w") as handle:
             handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
-        _drop_bounding_set()
+        drop_bounding_set()
     except BaseException as exc:  # noqa: BLE001 - reported to the task that comes for this spare
         problem = exc
     trace("p.prepared", slot)
@@ -388,24 +136,24 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
                 or (spec.network == "full") != prep.host_network):
             raise RuntimeError("launcher: the task does not fit the spare it was sent to")
         if "mount" in prep.namespaces:
-            if spec.rootfs == "host" and _etc_key(spec) != _etc_key(default):
-                _host_etc(root, spec)
+            if spec.rootfs == "host" and sandbox_root.etc_key(spec) != sandbox_root.etc_key(default):
+                sandbox_root.host_etc(root, spec)
             trees = dict(zip(spec.trees, fds[3:]))
             if prep.pivot_early and ("workspace" not in trees or (spec.tmp_source and "tmp" not in trees)):
                 raise RuntimeError("launcher: the task's directories did not come as open trees")
-            _task_mounts(root, spec, trees)
+            sandbox_root.task_mounts(root, spec, trees)
             trace("p.mounts", slot)
             if not prep.pivot_early:
-                _pivot(root)
+                sandbox_root.pivot(root)
             if spec.read_only_root:
-                mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+                sandbox_root.make_root_read_only()
             trace("p.pivot", slot)
         if "uts" in prep.namespaces and spec.hostname != default.hostname:
             socket.sethostname(spec.hostname)
         if spec.network == "localhost" and "net" in prep.namespaces:
             _loopback_up()
         os.chdir(spec.cwd)
-        _drop_privileges(spec)
+        drop_privileges(spec)
         trace("p.privs", slot)
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -460,7 +208,7 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
         flags = 0
         for name in prep.namespaces:
             flags |= NAMESPACE_FLAGS[name]
-        _check(_libc.unshare(flags), "unshare")
+        unshare(flags)
         from_pid1, to_waiter = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
     except BaseException as exc:  # noqa: BLE001 - told to the task that comes for this spare
@@ -515,12 +263,12 @@ def serve(control: socket.socket) -> None:
     the cgroup.procs files to join, opened for writing. The worker later sends the task's LaunchSpec
     with its stdout, stderr and status pipes straight down that socket; closing it discards the spare.
     """
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # spares are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.makedirs(ROOT_MOUNTPOINT, exist_ok=True)
+    os.makedirs(sandbox_root.ROOT_MOUNTPOINT, exist_ok=True)
     open_trace()
-    _last_cap()
+    last_cap()
     import fcntl  # noqa: F401 - imported once here, not in every forked child
     for name in seccomp.PROFILES:
         with _suppress():
