@@ -8,41 +8,27 @@ capabilities, no_new_privs, a non-root uid and a seccomp filter. The launch
 itself is done by the zygote in ``nsinit.py``; this module decides, waits, kills
 and reports.
 
-Start latency: a process-wide pool keeps ``SPARES_PER_SHAPE`` spare sandboxes
-(each in a fresh cgroup, namespaces made, root built and pivoted, nothing of a
-task yet) per shape; a task takes one, writes its limits, hands over its spec
-and pipes, and a daemon thread makes the replacement after the task ends. A
-task whose shape has no spare gets one made on the spot. Spare cgroups are
-named ``spare-N.<worker pid>`` until taken, then renamed after the task.
-``EXPBUILD_NAMESPACE_SPARES=0`` turns the pool off; ``EXPBUILD_NSINIT_TRACE=<file>``
-logs every phase's CLOCK_MONOTONIC time from all processes involved.
+Start latency: a task takes a spare sandbox kept warm for its shape
+(``spares.py``; ``EXPBUILD_NAMESPACE_SPARES=0`` turns the pool off), writes its
+limits and hands over its spec and pipes. ``EXPBUILD_NSINIT_TRACE=<file>`` logs
+every phase's CLOCK_MONOTONIC time from all processes involved.
 
 Network: None gives a network namespace whose loopback stays *down* (even
 127.0.0.1 is unreachable); Localhost brings lo up, alone; Full shares the host
 network; Restricted is not offered (no per-task firewall here).
 
-Disk: with a disk limit the workspace is copied into a host tmpfs of that size
-(which also holds /tmp, so the two share the limit), the task runs there, and
-what it leaves is copied back afterwards; tmpfs pages also count against the
-memory limit.
+Disk: with a disk limit the task runs in a host tmpfs of that size holding a
+copy of its workspace and its /tmp (``disk_limit.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import os
 import platform
-import shutil
-import socket
-import stat
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..api.task import IsolationLevel, NetworkMode
@@ -50,239 +36,11 @@ from . import cgroups, linux, nsinit, seccomp
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    TerminationReason)
 from .config import NamespaceConfig
-from .launch import DEFAULT_PATH, LaunchSpec, Prepared, effective_namespaces
-from .sandbox_root import LAUNCH_ROOT
+from .disk_limit import chown_tree, copy_back_and_remove, make_disk, sweep_disks
+from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
+from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
+                     unique_suffix)
 from .workspace import collect_outputs
-
-DISK_ROOT = Path(LAUNCH_ROOT) / "disk"
-_sequence = itertools.count()
-SPARES_PER_SHAPE = int(os.environ.get("EXPBUILD_NAMESPACE_SPARES", "2"))   # 0: every task waits for its own
-SPARE_MAX_AGE = 60.0
-
-
-class _Zygote:
-    """The process-wide launcher; restarted if it dies. It only forks spares: a task goes straight from
-    the executor to its spare's socket, so the spares made by a zygote that died still work."""
-
-    _lock = threading.Lock()
-    _process: subprocess.Popen | None = None
-    _socket: socket.socket | None = None
-    _slots = itertools.count()
-
-    @classmethod
-    def _alive(cls) -> bool:
-        return cls._process is not None and cls._process.poll() is None
-
-    @classmethod
-    def prepare(cls, prepared: Prepared) -> tuple[int, socket.socket]:
-        """Fork a spare that joins ``prepared.cgroup_procs`` (sent open: the cgroup may be renamed before
-        the spare gets to it); returns its slot number (for traces) and the socket its task goes to."""
-        fds: list[int] = []
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            fds.append(theirs.detach())
-            for procs in prepared.cgroup_procs:
-                try:
-                    fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
-                except OSError as exc:
-                    raise cgroups.CgroupError(f"cannot open {procs}: {exc.strerror}") from None
-            with cls._lock:
-                for attempt in range(2):
-                    if not cls._alive():
-                        cls._start()
-                    slot = next(cls._slots)
-                    try:
-                        assert cls._socket is not None
-                        socket.send_fds(cls._socket, [json.dumps({"op": "prepare", "slot": slot,
-                                                                  "prepared": asdict(prepared)}).encode()], fds)
-                        return slot, ours
-                    except OSError:
-                        if attempt:
-                            raise
-                        cls._stop()
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            for fd in fds:
-                os.close(fd)
-        raise AssertionError("unreachable")
-
-    @classmethod
-    def _stop(cls) -> None:
-        if cls._process is not None and cls._process.poll() is None:
-            cls._process.kill()
-        if cls._socket is not None:
-            cls._socket.close()
-        cls._process = cls._socket = None
-
-    @classmethod
-    def _start(cls) -> None:
-        cls._stop()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = {"PATH": DEFAULT_PATH, "PYTHONPATH": package_root, "PYTHONDONTWRITEBYTECODE": "1"}
-        for name in ("EXPBUILD_NSINIT_TRACE", "EXPBUILD_NAMESPACE_SPARE_NICE"):
-            if name in os.environ:
-                env[name] = os.environ[name]
-        nsinit.open_trace()
-        cls._process = subprocess.Popen(
-            [sys.executable, "-m", "expbuild_isolation.executors.nsinit", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
-        theirs.close()
-        cls._socket = ours
-
-    @classmethod
-    def ensure(cls) -> None:
-        with cls._lock:
-            if not cls._alive():
-                cls._start()
-
-
-@dataclass
-class _Spare:
-    """A launcher in a cgroup of its own, waiting on ``sock`` for one task."""
-
-    slot: int
-    sock: socket.socket
-    group: cgroups.TaskCgroup
-    made: float
-    pooled: bool = False
-
-    def launch(self, spec: LaunchSpec, fds: list[int]) -> bool:
-        """Hand the task over; False if the spare is gone (the caller makes another in the same cgroup)."""
-        try:
-            socket.send_fds(self.sock, [spec.to_bytes()], fds)
-            return True
-        except OSError:
-            return False
-        finally:
-            self.sock.close()
-
-    def discard(self) -> None:
-        self.sock.close()   # the spare sees EOF and exits
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What a spare is built for; a task whose shape differs gets a spare made on the spot."""
-
-    parent: str
-    namespaces: tuple[str, ...]
-    rootfs: str
-    shm_size_bytes: int
-    host_network: bool
-    pivot_early: bool
-
-
-class _SparePool:
-    """Process-wide spares: per shape, launchers that have unshared their namespaces, joined a fresh
-    cgroup and built and pivoted into the task-independent part of the root, waiting for a task. Taking one removes the
-    cgroup join (an RCU grace period on cgroup v1), the forks, unshare and ~30 mounts from a task's
-    start; one daemon thread refills. A spare older than ``SPARE_MAX_AGE`` is replaced (its binds of the
-    host's /etc files would be stale)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spares: dict[_Shape, list[_Spare]] = {}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._filling = threading.Lock()   # one filler at a time (warmup and the thread), or both overshoot
-
-    def take(self, shape: _Shape) -> _Spare | None:
-        while True:
-            with self._lock:
-                spares = self._spares.setdefault(shape, [])
-                spare = spares.pop(0) if spares else None
-            if spare is None:
-                return None
-            if time.monotonic() - spare.made < SPARE_MAX_AGE:
-                return spare
-            self._drop(spare)
-
-    def want(self, shape: _Shape) -> None:
-        with self._lock:
-            self._spares.setdefault(shape, [])
-        self._kick()
-
-    def fill(self, shape: _Shape) -> None:
-        """Make spares for ``shape`` until there are SPARES_PER_SHAPE (in the calling thread)."""
-        with self._lock:
-            self._spares.setdefault(shape, [])
-        with self._filling:
-            while True:
-                with self._lock:
-                    if len(self._spares[shape]) >= SPARES_PER_SHAPE:
-                        return
-                spare = make_spare(shape)
-                with self._lock:
-                    self._spares[shape].append(spare)
-
-    def _kick(self) -> None:
-        if SPARES_PER_SHAPE <= 0:
-            return
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="namespace-spares", daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait(timeout=SPARE_MAX_AGE / 2)
-            self._wake.clear()
-            with self._lock:
-                shapes = list(self._spares)
-                stale = []
-                for spares in self._spares.values():
-                    keep = [s for s in spares if time.monotonic() - s.made < SPARE_MAX_AGE]
-                    stale += [s for s in spares if s not in keep]
-                    spares[:] = keep
-            for spare in stale:
-                self._drop(spare)
-            for shape in shapes:
-                try:
-                    self.fill(shape)
-                except (cgroups.CgroupError, OSError):
-                    continue   # tried again on the next task or in SPARE_MAX_AGE / 2
-
-    @staticmethod
-    def _drop(spare: _Spare) -> None:
-        spare.discard()
-        _quietly(spare.group.remove)
-
-
-def make_spare(shape: _Shape) -> _Spare:
-    """A fresh cgroup (no limits yet) and a spare launcher inside it."""
-    group = cgroups.TaskCgroup.create("spare", parent=shape.parent, unique=f"-{next(_sequence)}")
-    try:
-        slot, sock = _Zygote.prepare(_prepared(group, shape))
-    except BaseException:
-        _quietly(group.remove)
-        raise
-    return _Spare(slot, sock, group, time.monotonic())
-
-
-_POOL = _SparePool()
-
-
-def _prepared(group: cgroups.TaskCgroup, shape: _Shape) -> Prepared:
-    return Prepared(cgroup_procs=[str(p) for p in group.procs_files], namespaces=list(shape.namespaces),
-                           rootfs=shape.rootfs, shm_size_bytes=shape.shm_size_bytes,
-                           host_network=shape.host_network, pivot_early=shape.pivot_early)
-
-
-def _open_tree_works() -> bool:
-    """Whether this kernel has open_tree(2)/move_mount(2) (5.2+): then spares pivot before their task."""
-    if not _OPEN_TREE:
-        fd = linux.open_tree("/")
-        if fd is not None:
-            os.close(fd)
-        _OPEN_TREE.append(fd is not None)
-    return _OPEN_TREE[0]
-
-
-_OPEN_TREE: list[bool] = []
 
 
 class NamespaceExecutor:
@@ -313,23 +71,20 @@ class NamespaceExecutor:
     async def health_check(self) -> None:
         if self._problem:
             raise ExecutorUnavailable(self._problem)
-        await asyncio.to_thread(_Zygote.ensure)
+        await asyncio.to_thread(Zygote.ensure)
 
     async def warmup(self) -> None:
         await self.health_check()
         if SPARES_PER_SHAPE > 0:
             try:
-                await asyncio.to_thread(_POOL.fill, self._shape(NetworkMode.NONE))
+                await asyncio.to_thread(POOL.fill, self._shape(NetworkMode.NONE))
             except (cgroups.CgroupError, OSError):
                 pass   # no spares: each task makes its own cgroup and launcher, and reports what fails
 
     def sweep(self) -> None:
         """Remove what a crashed worker left: cgroups (killing their processes) and disk tmpfs mounts."""
         cgroups.sweep(self.cgroup_parent)
-        with contextlib.suppress(OSError):
-            for entry in DISK_ROOT.iterdir():
-                if not cgroups._owner_alive(entry.name):  # noqa: SLF001 - same naming rule as the cgroups
-                    _remove_disk(entry)
+        sweep_disks()
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         if self._problem:
@@ -339,7 +94,7 @@ class NamespaceExecutor:
         profile = seccomp.resolve_profile_name(request.seccomp_profile)
         limits = request.limits.merged_over(self._defaults)
         started = time.monotonic()
-        unique = f"-{next(_sequence)}"
+        unique = unique_suffix()
         shape = self._shape(request.limits.network.mode)
         nsinit.trace("x.start")
         # A spare from the pool only needs its limits written (cgroupfs writes that take no cgroup-wide
@@ -354,10 +109,10 @@ class NamespaceExecutor:
         try:
             workspace = request.workspace
             if limits.disk_bytes is not None:
-                disk = await asyncio.to_thread(_make_disk, f"{unique[1:]}.{os.getpid()}", request, limits.disk_bytes)
+                disk = await asyncio.to_thread(make_disk, f"{unique[1:]}.{os.getpid()}", request, limits.disk_bytes)
                 workspace = disk / "ws"
             elif request.run_as_user is not None:
-                await asyncio.to_thread(_chown_tree, workspace, request.run_as_user)
+                await asyncio.to_thread(chown_tree, workspace, request.run_as_user)
             spec = self._spec(request, workspace, group, profile, disk)
             await self._run(spec, request, outcome, spare, shape, (request.task_id, unique))
         finally:
@@ -374,10 +129,10 @@ class NamespaceExecutor:
             nsinit.trace("x.ended", spare.slot)
             outcome["results"] = await _finish(outcome["readers"])
             if disk is not None:
-                await asyncio.to_thread(_copy_back_and_remove, disk, request.workspace)
+                await asyncio.to_thread(copy_back_and_remove, disk, request.workspace)
         nsinit.trace("x.done", spare.slot)
         if SPARES_PER_SHAPE > 0:
-            _POOL.want(shape)   # replaced now that this task is done, not while it starts
+            POOL.want(shape)   # replaced now that this task is done, not while it starts
         files, problems = collect_outputs(request.workspace, request.output_paths)
         result = self._result(request, outcome, stats, time.monotonic() - started, files, problems)
         nsinit.trace("x.return", spare.slot)
@@ -412,13 +167,13 @@ class NamespaceExecutor:
                                       ("uts", self.config.use_uts_namespace),
                                       ("ipc", self.config.use_ipc_namespace)) if on]
 
-    def _shape(self, network: NetworkMode) -> _Shape:
+    def _shape(self, network: NetworkMode) -> Shape:
         namespaces = tuple(effective_namespaces(self._namespaces(), _NETWORK[network]))
-        return _Shape(self.cgroup_parent, namespaces, self.config.rootfs, self.config.tmp_size_bytes,
-                      host_network=network == NetworkMode.FULL,
-                      pivot_early="mount" in namespaces and _open_tree_works())
+        return Shape(self.cgroup_parent, namespaces, self.config.rootfs, self.config.tmp_size_bytes,
+                     host_network=network == NetworkMode.FULL,
+                     pivot_early="mount" in namespaces and open_tree_works())
 
-    def _claim(self, task_id: str, unique: str, limits, shape: _Shape) -> _Spare:  # type: ignore[no-untyped-def]
+    def _claim(self, task_id: str, unique: str, limits, shape: Shape) -> Spare:  # type: ignore[no-untyped-def]
         """The task's cgroup, limited, with a launcher in it: a spare from the pool, else one made now.
 
         A made-now cgroup gets its limits before anything joins it; a spare's cgroup holds only the
@@ -430,19 +185,19 @@ class NamespaceExecutor:
         group = cgroups.TaskCgroup.create(task_id, parent=self.cgroup_parent, unique=unique)
         try:
             self._limit(group, limits)
-            return self._spare_in(group, shape)
+            return spare_in(group, shape)
         except BaseException:
-            _quietly(group.remove)
+            remove_quietly(group)
             raise
 
-    def _take(self, limits, shape: _Shape) -> _Spare | None:  # type: ignore[no-untyped-def]
-        spare = _POOL.take(shape) if SPARES_PER_SHAPE > 0 else None
+    def _take(self, limits, shape: Shape) -> Spare | None:  # type: ignore[no-untyped-def]
+        spare = POOL.take(shape) if SPARES_PER_SHAPE > 0 else None
         if spare is None:
             return None
         try:
             self._limit(spare.group, limits)
         except cgroups.CgroupError:
-            _POOL._drop(spare)  # noqa: SLF001
+            POOL.drop(spare)
             return None
         spare.pooled = True   # renamed to the task's name once it runs (off its start path)
         return spare
@@ -451,11 +206,6 @@ class NamespaceExecutor:
     def _limit(group: cgroups.TaskCgroup, limits) -> None:  # type: ignore[no-untyped-def]
         group.set_limits(memory_bytes=limits.memory_bytes, max_processes=limits.max_processes,
                          cpu_cores=limits.cpu_cores)
-
-    @staticmethod
-    def _spare_in(group: cgroups.TaskCgroup, shape: _Shape) -> _Spare:
-        slot, sock = _Zygote.prepare(_prepared(group, shape))
-        return _Spare(slot, sock, group, time.monotonic())
 
     def _spec(self, request: ExecutionRequest, workspace: Path, group: cgroups.TaskCgroup, profile: str | None,
               disk: Path | None) -> LaunchSpec:
@@ -470,8 +220,8 @@ class NamespaceExecutor:
             network=network, uid=uid, gid=uid, seccomp_profile=profile, read_only_root=request.read_only_root,
             namespaces=namespaces)
 
-    async def _run(self, spec: LaunchSpec, request: ExecutionRequest, outcome: dict, spare: _Spare,
-                   shape: _Shape, name: tuple[str, str]) -> None:
+    async def _run(self, spec: LaunchSpec, request: ExecutionRequest, outcome: dict, spare: Spare,
+                   shape: Shape, name: tuple[str, str]) -> None:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -486,7 +236,7 @@ class NamespaceExecutor:
             nsinit.trace("x.send", spare.slot)
             launched = spare.launch(spec, [out_w, err_w, status_w, *trees])
             if not launched:   # the spare died: a new launcher in the same cgroup
-                retry = await asyncio.to_thread(self._spare_in, spare.group, shape)
+                retry = await asyncio.to_thread(spare_in, spare.group, shape)
                 launched = retry.launch(spec, [out_w, err_w, status_w, *trees])
             outcome["launched"] = launched
         finally:
@@ -605,52 +355,5 @@ def _end(group: cgroups.TaskCgroup, settle: bool) -> cgroups.CgroupStats:
     else:
         group.kill()
         stats = group.stats()
-    _quietly(group.remove)
+    remove_quietly(group)
     return stats
-
-
-def _quietly(func) -> None:  # type: ignore[no-untyped-def]
-    with contextlib.suppress(cgroups.CgroupError, OSError):
-        func()
-
-
-def _chown_tree(root: Path, uid: int) -> None:
-    os.lchown(root, uid, uid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, uid)
-
-
-def _make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
-    """A host tmpfs of ``size`` bytes holding a copy of the workspace (ws/) and the task's /tmp (tmp/)."""
-    disk = DISK_ROOT / name
-    disk.mkdir(parents=True)
-    linux.mount("tmpfs", str(disk), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"size={size},mode=0755")
-    try:
-        shutil.copytree(request.workspace, disk / "ws", symlinks=True, dirs_exist_ok=True)
-        (disk / "tmp").mkdir(mode=0o1777)
-        os.chmod(disk / "tmp", 0o1777)
-        if request.run_as_user is not None:
-            _chown_tree(disk / "ws", request.run_as_user)
-    except BaseException:
-        _remove_disk(disk)
-        raise
-    return disk
-
-
-def _copy_back_and_remove(disk: Path, workspace: Path) -> None:
-    """Copy what the task left (regular files, dirs, symlinks as links; never fifos or devices), then unmount."""
-    try:
-        def special(directory: str, names: list[str]) -> set[str]:
-            return {n for n in names if not stat.S_ISREG(m := os.lstat(os.path.join(directory, n)).st_mode)
-                    and not stat.S_ISDIR(m) and not stat.S_ISLNK(m)}
-        shutil.copytree(disk / "ws", workspace, symlinks=True, dirs_exist_ok=True, ignore=special)
-    finally:
-        _remove_disk(disk)
-
-
-def _remove_disk(disk: Path) -> None:
-    with contextlib.suppress(OSError):
-        linux.umount(str(disk))
-    with contextlib.suppress(OSError):
-        disk.rmdir()
