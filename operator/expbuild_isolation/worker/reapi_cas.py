@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reapi_protos import bs_grpc, bs_pb2, code_pb2, grpc, re_grpc, re_pb2
+from .reapi_protos import bs_grpc, bs_pb2, code_pb2, error_details_pb2, grpc, re_grpc, re_pb2, status_pb2
 
 BATCH_BLOB_LIMIT = 1 << 20         # larger blobs go through ByteStream
 BATCH_TOTAL_LIMIT = 3 << 19        # 1.5 MiB of payload per batch request
@@ -36,6 +36,39 @@ class CasError(Exception):
     def __init__(self, message: str, code: int = code_pb2.UNAVAILABLE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class MissingBlobs(CasError):
+    """Blobs the action needs are not in the server's CAS: the client must upload them and retry."""
+
+    def __init__(self, digests: Iterable[re_pb2.Digest]) -> None:
+        self.digests = list({key(d): d for d in digests}.values())
+        super().__init__(_missing_message(self.digests), code_pb2.FAILED_PRECONDITION)
+
+
+def missing_blobs_status(digests: Iterable[re_pb2.Digest]) -> status_pb2.Status:
+    """FAILED_PRECONDITION with one ``MISSING`` violation per blob, as the REAPI Execute docs require.
+
+    Clients (Bazel among them) read the ``blobs/<hash>/<size>`` subjects, upload those blobs and retry.
+    """
+    unique = list({key(d): d for d in digests}.values())
+    failure = error_details_pb2.PreconditionFailure()
+    for digest in unique:
+        failure.violations.add(type="MISSING", subject=blob_subject(digest),
+                               description="not in the CAS; upload it and retry")
+    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=_missing_message(unique))
+    status.details.add().Pack(failure)
+    return status
+
+
+def blob_subject(digest: re_pb2.Digest) -> str:
+    return f"blobs/{digest.hash}/{digest.size_bytes}"
+
+
+def _missing_message(digests: list[re_pb2.Digest]) -> str:
+    shown = ", ".join(blob_subject(d) for d in digests[:5])
+    more = f" and {len(digests) - 5} more" if len(digests) > 5 else ""
+    return f"{len(digests)} input blob(s) missing from the CAS: {shown}{more}"
 
 
 def digest_of(data: bytes) -> re_pb2.Digest:
@@ -82,16 +115,20 @@ class RemoteCas:
     async def read_small(self, digests: list[re_pb2.Digest]) -> dict[str, bytes]:
         """Blobs at most BATCH_BLOB_LIMIT each, in as few batch requests as the size limit allows."""
         found: dict[str, bytes] = {}
+        missing: list[re_pb2.Digest] = []
         for batch in _batches(digests):
             response = await self._call(self._cas.BatchReadBlobs(
                 re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=batch)))
             for item in response.responses:
+                if item.status.code == code_pb2.NOT_FOUND:
+                    missing.append(item.digest)
+                    continue
                 if item.status.code != code_pb2.OK:
-                    raise CasError(f"blob {key(item.digest)}: {item.status.message or item.status.code}",
-                                   code_pb2.FAILED_PRECONDITION if item.status.code == code_pb2.NOT_FOUND
-                                   else code_pb2.UNAVAILABLE)
+                    raise CasError(f"blob {key(item.digest)}: {item.status.message or item.status.code}")
                 found[key(item.digest)] = item.data
                 self.bytes_in += len(item.data)
+        if missing:
+            raise MissingBlobs(missing)
         return found
 
     async def read_stream(self, digest: re_pb2.Digest, sink) -> None:  # type: ignore[no-untyped-def]
@@ -101,6 +138,8 @@ class RemoteCas:
                 sink.write(chunk.data)
                 self.bytes_in += len(chunk.data)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise MissingBlobs([digest]) from None
             raise _cas_error(exc, f"reading blob {key(digest)}") from None
 
     async def upload(self, blobs: dict[str, tuple[re_pb2.Digest, bytes | Path]]) -> None:
@@ -288,6 +327,13 @@ class LocalCas:
                 if not self._pins[name]:
                     del self._pins[name]
             self._evict()
+
+    async def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
+        """The blobs neither cached here nor in the server's CAS (one FindMissingBlobs for the rest)."""
+        wanted = {key(d): d for d in digests if not self.has(d)}
+        if not wanted or self.remote is None:
+            return list(wanted.values())
+        return await self.remote.find_missing(wanted.values())
 
     async def ensure(self, digests: Iterable[re_pb2.Digest]) -> None:
         """Make every blob local: hits cost nothing, misses are fetched once however many actions want them.

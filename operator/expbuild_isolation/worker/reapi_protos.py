@@ -18,7 +18,7 @@ try:
     from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2
     from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2_grpc as bots_grpc
     from buildgrid._protos.google.devtools.remoteworkers.v1test2 import worker_pb2
-    from buildgrid._protos.google.rpc import code_pb2, status_pb2
+    from buildgrid._protos.google.rpc import code_pb2, error_details_pb2, status_pb2
     from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 except ImportError as exc:  # pragma: no cover - exercised only where the extra is missing
     raise ImportError(
@@ -27,4 +27,4 @@ except ImportError as exc:  # pragma: no cover - exercised only where the extra 
     ) from exc
 
 __all__ = ["grpc", "re_pb2", "re_grpc", "bs_pb2", "bs_grpc", "bots_pb2", "bots_grpc", "worker_pb2",
-           "code_pb2", "status_pb2", "any_pb2", "duration_pb2", "timestamp_pb2"]
+           "code_pb2", "error_details_pb2", "status_pb2", "any_pb2", "duration_pb2", "timestamp_pb2"]

@@ -5,7 +5,9 @@ where status follows the Remote Workers API: OK for any completed command
 (a non-zero exit is a normal result), DEADLINE_EXCEEDED after the timeout,
 INVALID_ARGUMENT / FAILED_PRECONDITION for actions that cannot run as sent
 (no retry), INTERNAL / UNAVAILABLE for the worker's own trouble (the server
-retries elsewhere).
+retries elsewhere). Input blobs missing from the CAS give FAILED_PRECONDITION
+with a PreconditionFailure ``MISSING`` violation per blob: the client uploads
+them and retries.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from ..executors.base import ExecutionResult, ExecutorUnavailable, IsolationUnav
 from ..executors.select import select_executor
 from ..executors.workspace import create_workspace, remove_workspace
 from .reapi_action import ActionPlan, InvalidAction, lease_task_id, plan_action
-from .reapi_cas import CasError, LocalCas, RemoteCas, digest_of, key
+from .reapi_cas import CasError, LocalCas, MissingBlobs, RemoteCas, digest_of, key, missing_blobs_status
 from .reapi_protos import any_pb2, code_pb2, re_pb2, status_pb2, timestamp_pb2
-from .reapi_tree import collect, fetch_directories, input_files, materialize, prepare_output_parents
+from .reapi_tree import collect, fetch_directories, input_files, materialize, missing_inputs, \
+    prepare_output_parents
 
 LOG = logging.getLogger("expbuild.reapi")
 AUDIT = logging.getLogger("expbuild.audit")
@@ -91,6 +94,8 @@ class ActionRunner:
             outcome, status, action_result = "invalid", _status(code_pb2.INVALID_ARGUMENT, str(exc)), None
         except IsolationUnavailable as exc:
             outcome, status, action_result = "rejected", _status(code_pb2.FAILED_PRECONDITION, str(exc)), None
+        except MissingBlobs as exc:
+            outcome, status, action_result = "cas_error", missing_blobs_status(exc.digests), None
         except CasError as exc:
             outcome, status, action_result = "cas_error", _status(exc.code, str(exc)), None
         except ExecutorUnavailable as exc:
@@ -115,6 +120,16 @@ class ActionRunner:
         return status, action_result
 
     async def _prepare(self, lease_id: str, action: re_pb2.Action, workspace: Path) -> ActionPlan:
+        try:
+            return await self._fetch_inputs(lease_id, action, workspace)
+        except MissingBlobs:
+            # the fetch stops at the first level with a hole: survey the whole action for the client
+            missing = await missing_inputs(self.cas, action.command_digest, action.input_root_digest)
+            if not missing:
+                raise CasError("input blobs were missing during the fetch but are all present now") from None
+            raise MissingBlobs(missing) from None
+
+    async def _fetch_inputs(self, lease_id: str, action: re_pb2.Action, workspace: Path) -> ActionPlan:
         with self.cas.pinned([action.command_digest]):
             await self.cas.ensure([action.command_digest])
             command = re_pb2.Command()

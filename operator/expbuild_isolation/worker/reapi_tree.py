@@ -2,6 +2,8 @@
 
 Inputs: the Directory tree is fetched level by level (one batch per level),
 every file blob made local through ``LocalCas``, then copied into the workspace.
+When a blob is missing, ``missing_inputs`` surveys the whole action so the
+client learns every blob to upload at once, not one per retry.
 
 Outputs follow the REAPI rules: files with their executable bit, directories as
 ``Tree`` messages (root plus every distinct child Directory), symlinks reported
@@ -34,13 +36,39 @@ async def fetch_directories(cas: LocalCas, root: re_pb2.Digest) -> dict[str, re_
     level = [root]
     while level:
         todo = list({key(d): d for d in level if key(d) not in found}.values())
-        with cas.pinned(todo):
-            await cas.ensure(todo)
-            for digest in todo:
-                directory = re_pb2.Directory()
-                directory.ParseFromString(cas.read(digest))
-                found[key(digest)] = directory
+        found.update(await _read_directories(cas, todo))
         level = [node.digest for digest in todo for node in found[key(digest)].directories]
+    return found
+
+
+async def missing_inputs(cas: LocalCas, command: re_pb2.Digest, root: re_pb2.Digest) -> list[re_pb2.Digest]:
+    """Every input blob of an action that the CAS lacks, as far as the tree can be read.
+
+    One FindMissingBlobs per directory level and one for all files (cached blobs are not asked for).
+    A missing directory hides its subtree: whatever is missing below it is reported on the next try.
+    """
+    missing = {key(d): d for d in await cas.missing([command])}
+    found: dict[str, re_pb2.Directory] = {}
+    level = [root]
+    while level:
+        todo = list({key(d): d for d in level if key(d) not in found and key(d) not in missing}.values())
+        absent = {key(d): d for d in await cas.missing(todo)}
+        missing.update(absent)
+        present = [d for d in todo if key(d) not in absent]
+        found.update(await _read_directories(cas, present))
+        level = [node.digest for digest in present for node in found[key(digest)].directories]
+    missing.update((key(d), d) for d in await cas.missing(input_files(found)))
+    return list(missing.values())
+
+
+async def _read_directories(cas: LocalCas, digests: list[re_pb2.Digest]) -> dict[str, re_pb2.Directory]:
+    found: dict[str, re_pb2.Directory] = {}
+    with cas.pinned(digests):
+        await cas.ensure(digests)
+        for digest in digests:
+            directory = re_pb2.Directory()
+            directory.ParseFromString(cas.read(digest))
+            found[key(digest)] = directory
     return found
 
 
