@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--seccomp-dir", type=Path, default=Path("/var/lib/kubelet/seccomp/profiles"),
                        help="where to install the seccomp profiles for the kubelet")
     agent.add_argument("--metrics-port", type=int, default=8081, help="port of /healthz and /metrics (0: none)")
-    agent.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for placed tasks")
+    agent.add_argument("--poll-seconds", type=float, default=30.0,
+                       help="resync interval: how often to list placed tasks again besides watching them")
     agent.set_defaults(func=_agent)
     return parser
 

@@ -94,10 +94,11 @@ def counting() -> CountingExecutor:
 @contextlib.asynccontextmanager
 async def running_agent(server: Any, config: WorkerConfig, node: str, *, agent_id: str = "",
                         counting: CountingExecutor | None = None, seccomp_dir: Path | None = None,
-                        lease_seconds: int = 15) -> AsyncIterator[NodeAgent]:
-    settings = AgentSettings(node=node, namespace=AGENTS_NS, agent_id=agent_id, poll_seconds=0.1,
+                        lease_seconds: int = 15, poll_seconds: float = 0.1,
+                        api_class: type[AgentApi] = AgentApi) -> AsyncIterator[NodeAgent]:
+    settings = AgentSettings(node=node, namespace=AGENTS_NS, agent_id=agent_id, poll_seconds=poll_seconds,
                              renew_seconds=0.5, lease_seconds=lease_seconds, seccomp_dir=seccomp_dir)
-    api = AgentApi(str(server.url))
+    api = api_class(str(server.url))
     agent = NodeAgent(api, config, settings, chain_for=(lambda _: [counting]) if counting else None)
     run = asyncio.create_task(agent.run())
     started = asyncio.create_task(agent.started.wait())

@@ -56,7 +56,13 @@ holding read-only binds of /usr, /bin, /sbin, /lib* and a minimal /etc
 own container) is not in the sandbox; a container backend starts from the
 task's image. ``tests/agent`` checks the token path is absent inside a task.
 
-The agent polls its tasks (one filtered list per ``poll_seconds``) instead of
-watching; simple and restart-safe, at the cost of up to ``poll_seconds`` of
-latency.
+The agent watches its tasks: per task namespace (or cluster-wide, the same
+scopes it lists), a filtered list and then a watch from that list's
+resourceVersion, so a task placed on the node starts at once. Whatever ends a
+watch (the server's ``timeoutSeconds``, 410 Gone, a dropped connection) is
+followed by a fresh list and a new watch, backing off only when watches keep
+ending quickly. Under the watches, a full list every ``poll_seconds``
+(``--poll-seconds``, default 30: the resync interval) and whenever a slot frees
+while a placed task waits is the safety net. Events may repeat or arrive late:
+the claim Lease, not the agent's memory, is what keeps a task from running twice.
 """

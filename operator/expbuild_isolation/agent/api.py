@@ -8,7 +8,10 @@ kubeconfig, exactly like the operator.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +30,15 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+
+
+def has_labels(item: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Checked here too: not every server honours labelSelector (KMock does not)."""
+    return all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+
+
+def _selector(labels: dict[str, str]) -> dict[str, str]:
+    return {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else {}
 
 
 def tasks_path(namespace: str | None, name: str = "") -> str:
@@ -71,17 +83,19 @@ class AgentApi:
             await self._session.close()
             self._session = None
 
-    async def call(self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
-                   content_type: str = "application/json") -> Any:
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def call(self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+                   content_type: str = "application/json") -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type, **self._headers}
-        async with self._session.request(method, self.server + path, json=body, params=query, headers=headers,
-                                         ssl=self._ssl) as response:
+        async with self._client().request(method, self.server + path, json=body, params=query, headers=headers,
+                                          ssl=self._ssl) as response:
             data = await response.json(content_type=None) if response.content_length != 0 else None
             if response.status >= 400:
-                message = data.get("message", "") if isinstance(data, dict) else str(data)[:500]
-                raise ApiError(response.status, message)
+                raise ApiError(response.status, _message(data))
             return data or {}
 
     async def get(self, path: str) -> dict[str, Any] | None:
@@ -93,12 +107,50 @@ class AgentApi:
             raise
 
     async def items(self, path: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """A listing, filtered by ``labels`` here too (not every server honours labelSelector)."""
+        return (await self.listing(path, labels))[0]
+
+    async def listing(self, path: str, labels: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The items with ``labels``, and the resourceVersion a watch continues from."""
         labels = labels or {}
-        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
-        listing = await self.call("GET", path, query=query)
-        return [item for item in listing.get("items") or []
-                if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+        listing = await self.call("GET", path, query=_selector(labels) or None)
+        version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
+        return [item for item in listing.get("items") or [] if has_labels(item, labels)], version
+
+    async def watch(self, path: str, labels: dict[str, str], version: str, *,
+                    timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """The events after ``version`` of objects with ``labels``, until the server ends the stream.
+
+        The server ends it after ``timeout_seconds``; if it does not, the client gives up a little later, and
+        the stream simply ends too. An ERROR event raises ``ApiError`` with its code (410: the version is too
+        old, list again).
+        """
+        query = _selector(labels) | {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        if version:
+            query["resourceVersion"] = version
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, connect=30)
+        headers = {"Accept": "application/json", **self._headers}
+        streaming = False
+        try:
+            async with self._client().get(self.server + path, params=query, headers=headers, ssl=self._ssl,
+                                          timeout=timeout) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    try:
+                        data: Any = json.loads(text)
+                    except ValueError:
+                        data = text
+                    raise ApiError(response.status, _message(data))
+                streaming = True
+                async for event in _events(response.content):
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiError(int(status.get("code") or 500), _message(status))
+                    if has_labels(event.get("object") or {}, labels):
+                        yield event
+        except asyncio.TimeoutError:
+            if not streaming:
+                raise
+            # the server kept the stream open past timeoutSeconds: as good as ended
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.call("POST", path, body=body)
@@ -108,3 +160,20 @@ class AgentApi:
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.call("PATCH", path, body=body, content_type="application/merge-patch+json")
+
+
+def _message(data: Any) -> str:
+    return data.get("message", "") if isinstance(data, dict) else str(data)[:500]
+
+
+async def _events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """One JSON event per line, however long the line (a task's status carries log tails)."""
+    pending = b""
+    async for chunk in content.iter_any():
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+    if pending.strip():
+        yield json.loads(pending)

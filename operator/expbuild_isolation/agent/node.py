@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import uuid
@@ -28,6 +29,8 @@ from .api import AgentApi, ApiError, leases_path, tasks_path
 
 LOG = logging.getLogger("expbuild.agent")
 DEFAULT_SECCOMP_DIR = Path("/var/lib/kubelet/seccomp/profiles")
+WATCH_LIVED_SECONDS = 5.0  # a watch that lasted this long ended normally: list and watch again at once
+WATCH_BACKOFF_SECONDS = (0.2, 30.0)  # when watches keep ending sooner: the first delay, doubling up to the second
 
 
 def now() -> datetime:
@@ -40,7 +43,8 @@ class AgentSettings:
     namespace: str                       # where the agent's own Lease lives (the operator's namespace)
     agent_id: str = ""                   # holderIdentity of its Lease and claims; default: the node name
     task_namespaces: list[str] = field(default_factory=list)  # empty: every namespace
-    poll_seconds: float = 1.0
+    poll_seconds: float = 30.0           # the resync: a full listing as a safety net under the watch
+    watch_timeout_seconds: int = 300     # the server ends each watch after this (then: relist, watch again)
     renew_seconds: float = 5.0
     lease_seconds: int = 15
     health_seconds: float = 30.0
@@ -67,6 +71,8 @@ class NodeAgent:
         self.seccomp_profiles: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}  # task uid -> its run
         self.reported: set[str] = set()  # uids whose final status this agent has written (not to be cancelled)
+        self._starved = False  # a placed task waited for a slot: relist as soon as one frees
+        self._resync_now = asyncio.Event()
         self.last_renewal: datetime | None = None
         self.started = asyncio.Event()  # set once recovered and advertised
 
@@ -90,16 +96,22 @@ class NodeAgent:
             self.started.set()
             await asyncio.gather(self._every(self.settings.renew_seconds, self.renew),
                                  self._every(self.settings.health_seconds, self.check_health),
-                                 self._every(self.settings.poll_seconds, self.poll))
+                                 self._resync(),
+                                 *(self._watch(namespace) for namespace in self._task_scopes()))
         finally:
             runs = list(self.running.values())
             for run in runs:
                 run.cancel()
             await asyncio.gather(*runs, return_exceptions=True)
 
-    async def _every(self, seconds: float, step: Callable[[], Any]) -> None:
+    async def _every(self, seconds: float, step: Callable[[], Any], *, wake: asyncio.Event | None = None) -> None:
         while True:
-            await asyncio.sleep(seconds)
+            if wake is None:
+                await asyncio.sleep(seconds)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), seconds)
+                wake.clear()
             try:
                 await step()
             except asyncio.CancelledError:
@@ -107,6 +119,46 @@ class NodeAgent:
             except Exception as exc:  # one failed round must not stop the agent; the next one retries
                 metrics.RECONCILE_ERRORS.inc()
                 LOG.warning("%s failed: %s", getattr(step, "__name__", step), exc)
+
+    async def _resync(self) -> None:
+        """The safety net under the watches: a full listing every ``poll_seconds``, and when a slot frees."""
+        await self._every(self.settings.poll_seconds, self.poll, wake=self._resync_now)
+
+    async def _watch(self, namespace: str | None) -> None:
+        """React to this scope's tasks at once: list, then watch from the listing's resourceVersion; again.
+
+        Whatever ends a watch (the server's timeoutSeconds, 410 Gone, a dropped connection, an error) is
+        followed by a fresh listing, so nothing placed meanwhile is missed; at once, unless watches keep
+        ending quickly, which backs off (``WATCH_BACKOFF_SECONDS``).
+        """
+        loop, quick_ends = asyncio.get_running_loop(), 0
+        while True:
+            began = loop.time()
+            try:
+                version = await self._list(namespace)
+                async for event in self.api.watch(tasks_path(namespace), self._labels(), version,
+                                                  timeout_seconds=self.settings.watch_timeout_seconds):
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self.consider(event["object"])
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.status == 410:
+                    LOG.info("watch of tasks in %s: %s; listing again", namespace or "all namespaces", exc)
+                else:
+                    self._watch_failed(namespace, exc)
+            except Exception as exc:  # a dropped connection, a bad event: list again, watch again
+                self._watch_failed(namespace, exc)
+            quick_ends = 0 if loop.time() - began >= WATCH_LIVED_SECONDS else quick_ends + 1
+            if quick_ends > 1:
+                first, most = WATCH_BACKOFF_SECONDS
+                await asyncio.sleep(min(most, first * 2 ** (quick_ends - 2)))
+
+    @staticmethod
+    def _watch_failed(namespace: str | None, exc: Exception) -> None:
+        metrics.RECONCILE_ERRORS.inc()
+        LOG.warning("watch of tasks in %s failed: %s", namespace or "all namespaces",
+                    str(exc) or type(exc).__name__)
 
     # --- advertising --------------------------------------------------------------------------------------
 
@@ -187,26 +239,47 @@ class NodeAgent:
 
     # --- tasks --------------------------------------------------------------------------------------------
 
+    def _task_scopes(self) -> list[str | None]:
+        """The namespaces the agent lists and watches tasks in; None: cluster-wide."""
+        return list(self.settings.task_namespaces) or [None]
+
+    def _labels(self) -> dict[str, str]:
+        return {NODE_LABEL: label_value(self.settings.node)}
+
     async def poll(self) -> None:
-        bodies = []
-        for namespace in self.settings.task_namespaces or [None]:
-            bodies += await self.api.items(tasks_path(namespace), {NODE_LABEL: label_value(self.settings.node)})
+        for namespace in self._task_scopes():
+            await self._list(namespace)
+
+    async def _list(self, namespace: str | None) -> str:
+        """Consider every task placed on this node in ``namespace``; the listing's resourceVersion."""
+        bodies, version = await self.api.listing(tasks_path(namespace), self._labels())
         for body in bodies:
-            task = ExecutionTask.model_validate(body)
-            uid = task.metadata.uid
-            run = self.running.get(uid)
-            if run is not None:
-                if (task.spec.cancel or task.status.phase.finished) and uid not in self.reported:
-                    run.cancel()  # ended by the operator (Cancelled, AgentLost): stop the processes
-                continue
-            if task.status.phase is not Phase.SCHEDULED or task.spec.cancel or not self.free_slots:
-                continue
-            self.running[uid] = asyncio.create_task(self._claim_and_run(task, body), name=f"task-{task.key}")
-            self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
+            self.consider(body)
+        return version
+
+    def consider(self, body: dict[str, Any]) -> None:
+        """Start a placed task (if a slot is free), or stop a run the operator ended; else nothing."""
+        task = ExecutionTask.model_validate(body)
+        uid = task.metadata.uid
+        run = self.running.get(uid)
+        if run is not None:
+            if (task.spec.cancel or task.status.phase.finished) and uid not in self.reported:
+                run.cancel()  # ended by the operator (Cancelled, AgentLost): stop the processes
+            return
+        if task.status.phase is not Phase.SCHEDULED or task.spec.cancel:
+            return
+        if not self.free_slots:
+            self._starved = True
+            return
+        self.running[uid] = asyncio.create_task(self._claim_and_run(task, body), name=f"task-{task.key}")
+        self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
 
     def _done(self, uid: str) -> None:
         self.running.pop(uid, None)
         self.reported.discard(uid)
+        if self._starved:  # a task is waiting for this slot: do not leave it to the next resync
+            self._starved = False
+            self._resync_now.set()
 
     async def _claim_and_run(self, task: ExecutionTask, body: dict[str, Any]) -> None:
         try:
