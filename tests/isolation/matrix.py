@@ -215,7 +215,6 @@ On the development machine (cgroup v1 hybrid); reproduce with the command shown.
   limit is not reported as `PidsLimit` (the task ends by its timeout or with a non-zero exit).
 - Job path: outputs and stats are self-reported from inside the pod; logs mix stdout and stderr; no per-task
   pids limit; disk is enforced by eviction, not by refusal.
-- The node agent looks for placed tasks once a second (`--poll-seconds`, default 1).
 - The REAPI worker speaks plaintext gRPC only.
 """
 
