@@ -95,15 +95,24 @@ def parse_worker_config(raw: dict, *, source: str = "<config>") -> WorkerConfig:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem: dotted key, then what is wrong."""
+def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown key",
+                              self_named: tuple[str, ...] = ()) -> str:
+    """One line per problem: the key's path (``executor.chain[1]``), then what is wrong.
+
+    ``unknown`` words an extra key; messages starting with one of ``self_named``
+    already name their field (a model validator's) and are kept as they are.
+    """
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
+        loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "union["))]
+        key = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if self_named and message.startswith(self_named):
+            lines.append(message)
+        elif error["type"] == "extra_forbidden":
+            lines.append(f"{key}: {unknown}")
+        elif error["type"] == "missing":
+            lines.append(f"{key}: required")
         else:
-            message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {error.get('input')!r})"
-                         if error["type"] not in ("missing",) else f"{key}: required")
-    return "; ".join(lines)
+            lines.append(f"{key}: {message} (got {error.get('input')!r})")
+    return "; ".join(dict.fromkeys(lines))

@@ -24,7 +24,7 @@ from ..executors.base import (
 )
 from ..executors.select import select_executor
 from ..executors.workspace import InputBlob, WorkspaceError, create_workspace, place_inputs, remove_workspace
-from .config import WorkerConfig
+from .config import WorkerConfig, describe_validation_error
 
 LOG_TAIL_CHARS = 2048
 
@@ -62,20 +62,7 @@ def parse_task(raw: dict, *, source: str = "<task>") -> ExecutionTask:
 
 def describe_task_error(exc: ValidationError) -> str:
     """One line per problem, named by its manifest path (``spec.resources.memory``)."""
-    lines = []
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "union["))]
-        key = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[")
-        message = error["msg"].removeprefix("Value error, ")
-        if message.startswith(("spec.", "metadata.")):
-            lines.append(message)  # our validators already name the field
-        elif error["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown field")
-        elif error["type"] == "missing":
-            lines.append(f"{key}: required")
-        else:
-            lines.append(f"{key}: {message} (got {error.get('input')!r})")
-    return "; ".join(dict.fromkeys(lines))
+    return describe_validation_error(exc, unknown="unknown field", self_named=("spec.", "metadata."))
 
 
 def input_blobs(task: ExecutionTask, base_dir: Path) -> list[InputBlob]:
