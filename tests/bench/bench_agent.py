@@ -18,7 +18,6 @@ Run: ``python tests/bench/bench_agent.py`` (or ``python -m pytest tests/bench/be
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,18 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 
+from tests.bench.common import on_emulator, summary  # noqa: E402
+
 TASKS = "/apis/expbuild.io/v1alpha1/namespaces/ci/executiontasks"
 PHASES = ("Scheduled", "Running", "Succeeded")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 4), "p99": round(percentile(values, 0.99), 4),
-            "max": round(max(values), 4)}
 
 
 def body(name: str) -> dict[str, Any]:
@@ -194,13 +185,6 @@ async def _until(check: Any, timeout: float) -> Any:
     return value
 
 
-async def run_standalone() -> dict[str, Any]:
-    import kmock
-
-    async with kmock.KubernetesEmulator() as server, kmock.Server(server):
-        return await measure(server)
-
-
 @pytest.mark.bench
 @pytest.mark.skipif(os.geteuid() != 0, reason="the namespace executor needs root (namespaces, cgroups)")
 async def test_agent_latency(kmock: Any) -> None:
@@ -211,4 +195,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--operator"]:
         operator_child(sys.argv[2])
         sys.exit(0)
-    print(json.dumps(asyncio.run(run_standalone()), indent=2))
+    print(json.dumps(asyncio.run(on_emulator(measure)), indent=2))

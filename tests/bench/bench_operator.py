@@ -20,7 +20,6 @@ import asyncio
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from tests.bench.common import on_emulator, summary  # noqa: E402
 
 NS = "bench"
 TASKS = f"/apis/expbuild.io/v1alpha1/namespaces/{NS}/executiontasks"
@@ -74,18 +75,6 @@ def body(i: int) -> dict[str, Any]:
             "metadata": {"name": f"t{i:05d}", "namespace": NS, "uid": f"uid-{i}", "generation": 1,
                          "resourceVersion": "1"},
             "spec": {"image": "localhost/busybox:latest", "command": ["echo", str(i)]}}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def summary(latencies: list[float]) -> dict[str, float]:
-    if not latencies:
-        return {}
-    return {"p50": round(statistics.median(latencies), 4), "p99": round(percentile(latencies, 0.99), 4),
-            "max": round(max(latencies), 4)}
 
 
 async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (20, 50, 200), total: int = 1000,
@@ -217,13 +206,6 @@ async def _wait(condition: Any, timeout: float) -> bool:
     return True
 
 
-async def run_standalone() -> dict[str, Any]:
-    import kmock
-
-    async with kmock.KubernetesEmulator() as server, kmock.Server(server):
-        return await measure(server)
-
-
 @pytest.mark.bench
 async def test_operator_throughput(kmock: Any) -> None:
     print(json.dumps(await measure(kmock)))
@@ -233,4 +215,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--operator"]:
         operator_child(sys.argv[2])
     else:
-        print(json.dumps(asyncio.run(run_standalone()), indent=2))
+        print(json.dumps(asyncio.run(on_emulator(measure)), indent=2))
