@@ -348,17 +348,21 @@ def _stats_v2(unified: Path) -> CgroupStats:
                        disk_read_bytes=read, disk_write_bytes=write)
 
 
-def _owner_alive(name: str) -> bool:
-    owner = name.rsplit(".", 1)[-1]
-    if not owner.isdigit():
+def pid_alive(pid: str) -> bool:
+    """``pid`` (digits) names a live process here; a process of another user counts as alive."""
+    if not pid.isdigit():
         return False
     try:
-        os.kill(int(owner), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _owner_alive(name: str) -> bool:
+    return pid_alive(name.rsplit(".", 1)[-1])
 
 
 def sweep(parent: str = "expbuild", *, root: Path = CGROUP_ROOT) -> list[Path]:

@@ -38,7 +38,7 @@ import requests.exceptions
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
 from .config import DockerConfig
-from .cgroups import CgroupStats
+from .cgroups import CgroupStats, pid_alive
 from .container_cgroup import ContainerCgroup, sweep_orphans
 from .docker_pool import WarmPool, sweep_slots
 from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
@@ -414,15 +414,7 @@ def _owner_alive(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname():
         return bool(host)
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _short(exc: BaseException) -> str:
