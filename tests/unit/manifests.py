@@ -50,6 +50,18 @@ BAD = {
     "bad-seccomp": (task(isolation={"seccompProfile": "mine"}), "spec.isolation.seccompProfile"),
     "bad-env-name": (task(env=[{"name": "1 bad"}]), "spec.env"),
     "bad-allow": (task(network={"policy": "Restricted", "allow": ["not a cidr!"]}), "not CIDR"),
+    # A ConfigMap name is an object name: no path into another namespace or the node's file system.
+    "configmap-name-path": (task(inputs=[{"path": "src", "configMap": {"name": "../../other/configmaps/x"}}]),
+                            "not a Kubernetes object name"),
+    "configmap-name-uppercase": (task(inputs=[{"path": "src", "configMap": {"name": "Sources"}}]),
+                                 "not a Kubernetes object name"),
+    # The API server refuses a Pod whose localhostProfile contains '..' (seen on a real cluster: 422).
+    "localhost-profile-dotdot": (task(isolation={"seccompProfile": "Localhost/../../../../etc/passwd"}),
+                                 "spec.isolation.seccompProfile"),
+    "localhost-profile-absolute": (task(isolation={"seccompProfile": "Localhost//etc/passwd"}),
+                                   "spec.isolation.seccompProfile"),
+    "localhost-profile-hidden": (task(isolation={"seccompProfile": "Localhost/profiles/.x/../y.json"}),
+                                 "spec.isolation.seccompProfile"),
 }
 
 # Rules only a program can check; the API server cannot see them (duplicates, ports, lookalike units).

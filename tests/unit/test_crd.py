@@ -60,6 +60,9 @@ def test_every_spec_field_has_a_description_for_kubectl_explain():
     assert not missing
 
 
+_ABSENT = object()
+
+
 class ApiServer:
     """The part of the API server's validation a CRD drives: defaults, types, enums, patterns, bounds, CEL."""
 
@@ -72,7 +75,15 @@ class ApiServer:
         self._check(self.schema, copy.deepcopy(obj), "", errors)
         return errors
 
-    def _check(self, schema, value, path, errors):
+    def update(self, old, new):
+        """Errors of replacing ``old`` (stored, so defaulted) with ``new``: transition rules see oldSelf."""
+        stored = copy.deepcopy(old)
+        self._check(self.schema, stored, "", [])
+        errors = []
+        self._check(self.schema, copy.deepcopy(new), "", errors, stored)
+        return errors
+
+    def _check(self, schema, value, path, errors, old=_ABSENT):
         if schema.get("x-kubernetes-int-or-string"):
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 errors.append(f"{path}: must be int or string")
@@ -107,10 +118,16 @@ class ApiServer:
             errors.extend(f"{path}.{name}: required" for name in schema.get("required", []) if name not in value)
             for name, item in value.items():
                 if name in schema["properties"]:
-                    self._check(schema["properties"][name], item, f"{path}.{name}", errors)
+                    was = old.get(name, _ABSENT) if isinstance(old, dict) else _ABSENT
+                    self._check(schema["properties"][name], item, f"{path}.{name}", errors, was)
         for rule in schema.get("x-kubernetes-validations", []):
+            activation = {"self": celpy.json_to_cel(value)}
+            if "oldSelf" in rule["rule"]:
+                if old is _ABSENT:
+                    continue  # a transition rule: only on update, and only where the old value exists
+                activation["oldSelf"] = celpy.json_to_cel(old)
             program = self.cel.program(self.cel.compile(rule["rule"]))
-            result = program.evaluate({"self": celpy.json_to_cel(value)})
+            result = program.evaluate(activation)
             if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
                 errors.append(f"{path}: {rule['message']}")
 
@@ -142,3 +159,42 @@ def test_examples_are_valid_tasks_and_admitted(api_server):
             if doc and doc.get("kind") == "ExecutionTask":
                 load_task(path)
                 assert api_server.admit(doc) == [], path
+
+
+# A tenant who may patch a task must not swap what was placed on a node agent or rendered into a Job.
+@pytest.mark.parametrize("change", [
+    {"command": ["sh", "-c", "id"]},
+    {"isolation": {"executor": "host", "minimum": "None", "seccompProfile": "Unconfined"}},  # absent before
+    {"env": [{"name": "X", "value": "1"}]},
+    {"timeout": "10h"},
+    {"image": "localhost/other:latest"},
+])
+def test_the_spec_cannot_change_once_the_task_exists(api_server, change):
+    from .manifests import task
+
+    old = task(image="localhost/busybox:latest", resources={"memory": "1Gi"})
+    new = copy.deepcopy(old)
+    new["spec"].update(change)
+    assert api_server.admit(new) == []  # the same spec is fine as a new task
+    errors = api_server.update(old, new)
+    assert errors and all("create a new task" in error for error in errors), errors
+
+
+def test_a_field_cannot_be_dropped_once_the_task_exists(api_server):
+    from .manifests import task
+
+    old = task(isolation={"minimum": "VM"})
+    new = copy.deepcopy(old)
+    del new["spec"]["isolation"]
+    assert any("added or removed" in error for error in api_server.update(old, new))
+
+
+def test_spec_cancel_and_metadata_can_change(api_server):
+    from .manifests import task
+
+    old = task(isolation={"minimum": "VM"}, env=[{"name": "A", "value": "b"}])
+    new = copy.deepcopy(old)
+    new["spec"]["cancel"] = True
+    new["metadata"]["labels"] = {"team": "x"}
+    assert api_server.update(old, old) == []
+    assert api_server.update(old, new) == []

@@ -66,8 +66,34 @@ def schema_for(model: type) -> dict[str, Any]:
     return _structural(raw, defs)
 
 
+MUTABLE_SPEC_FIELDS = ("cancel",)
+
+
+def immutable_once_created(spec_schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the CEL transition rules that freeze ``spec`` after create, except ``spec.cancel``.
+
+    What was placed on a node agent or rendered into a Job must be what runs: a tenant who may patch the task
+    must not swap the command or the isolation of a task already scheduled. Transition rules (``oldSelf``)
+    run only on update and only where the old value exists, so each field gets ``self == oldSelf`` and the
+    spec gets one rule that no field without a default appears or disappears.
+    """
+    frozen = [name for name in spec_schema["properties"] if name not in MUTABLE_SPEC_FIELDS]
+    for name in frozen:
+        node = spec_schema["properties"][name]
+        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {
+            "rule": "self == oldSelf",
+            "message": f"spec.{name} cannot change once the task exists (only spec.cancel can); create a new task"}]
+    optional = [name for name in frozen
+                if name not in spec_schema.get("required", []) and "default" not in spec_schema["properties"][name]]
+    presence = " && ".join(f"has(self.{name}) == has(oldSelf.{name})" for name in optional)
+    spec_schema["x-kubernetes-validations"] = [*spec_schema.get("x-kubernetes-validations", []), {
+        "rule": presence, "message": "spec fields cannot be added or removed once the task exists (only "
+                                      "spec.cancel can change); create a new task"}]
+    return spec_schema
+
+
 def build_crd() -> dict[str, Any]:
-    spec_schema = schema_for(ExecutionTaskSpec)
+    spec_schema = immutable_once_created(schema_for(ExecutionTaskSpec))
     spec_schema["description"] = "What to run and how strongly to isolate it."
     status_schema = schema_for(ExecutionTaskStatus)
     status_schema["description"] = "What happened; written by the operator or the node agent."

@@ -122,9 +122,33 @@ class EnvVar(Model):
     value: str = Field("", description="Value; empty when omitted.", max_length=65536)
 
 
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def object_name_problem(value: str) -> str | None:
+    """Why ``value`` is not a Kubernetes object name (a DNS-1123 subdomain), or None when it is one."""
+    if not value:
+        return "is empty"
+    if len(value) > 253:
+        return "is longer than 253 characters"
+    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, value):
+        return ("is not a Kubernetes object name: lowercase letters, digits, '-' and '.', starting and ending "
+                "with a letter or digit (no '/')")
+    return None
+
+
 class ConfigMapRef(Model):
     name: str = Field(description="Name of a ConfigMap in the task's namespace (locally: a ConfigMap "
-                                  "YAML file next to the task, <name>.yaml).", min_length=1, max_length=253)
+                                  "YAML file next to the task, <name>.yaml).", min_length=1, max_length=253,
+                      json_schema_extra={"pattern": DNS_SUBDOMAIN_PATTERN})
+
+    @field_validator("name")
+    @classmethod
+    def _object_name(cls, value: str) -> str:
+        problem = object_name_problem(value)
+        if problem:
+            raise ValueError(f"spec.inputs[].configMap.name: {value[:80]!r} {problem}")
+        return value
 
 
 class InputFile(Model):
@@ -243,7 +267,10 @@ class Network(Model):
         return self
 
 
-SECCOMP_PATTERN = r"^(RuntimeDefault|expbuild-default|expbuild-strict|Unconfined|Localhost/[-_./a-zA-Z0-9]+)$"
+# Localhost/<path under the kubelet's seccomp root>: segments never start with '.', so no '..', no '.', no
+# hidden files and no empty segment (the API server refuses a Pod whose localhostProfile contains '..').
+LOCALHOST_PROFILE_PATTERN = r"Localhost/[-_a-zA-Z0-9][-_.a-zA-Z0-9]*(/[-_a-zA-Z0-9][-_.a-zA-Z0-9]*)*"
+SECCOMP_PATTERN = rf"^(RuntimeDefault|expbuild-default|expbuild-strict|Unconfined|{LOCALHOST_PROFILE_PATTERN})$"
 
 
 class Isolation(Model):
@@ -257,12 +284,21 @@ class Isolation(Model):
                                    "meets minimum and the limits.")
     runtime_class_name: str = Field("", max_length=253, description="Kubernetes RuntimeClass (e.g. gvisor, kata); "
                                     "counts as VM isolation.")
-    seccomp_profile: str = Field("RuntimeDefault", max_length=512, pattern=SECCOMP_PATTERN,
+    seccomp_profile: str = Field("RuntimeDefault", max_length=512, json_schema_extra={"pattern": SECCOMP_PATTERN},
                                  description="RuntimeDefault, expbuild-default, expbuild-strict, Localhost/<file>, "
                                  "or Unconfined (needs minimum None).")
     read_only_root_filesystem: bool = Field(True, description="Mount the root filesystem read-only.")
     run_as_user: int = Field(65534, ge=0, le=2147483647, description="User id the command runs as (container "
                              "executors and Jobs).")
+
+    @field_validator("seccomp_profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if not re.fullmatch(SECCOMP_PATTERN, value):
+            raise ValueError(f"spec.isolation.seccompProfile: {value[:80]!r} is not RuntimeDefault, expbuild-default, "
+                             f"expbuild-strict, Unconfined or Localhost/<relative path> (path segments of letters, "
+                             f"digits, '-', '_' and '.', none starting with '.')")
+        return value
 
     @model_validator(mode="after")
     def _unconfined_needs_none(self) -> Isolation:
