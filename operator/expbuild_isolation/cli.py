@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--metrics-port", type=int, default=8081, help="port of /healthz and /metrics (0: none)")
     agent.add_argument("--poll-seconds", type=float, default=30.0,
                        help="resync interval: how often to list placed tasks again besides watching them")
+    agent.add_argument("--allow-host-executor", action="store_true",
+                       help="offer the host executor (Process isolation, runs on the node itself as runAsUser, "
+                            "never root); off unless given, whatever the worker file says")
+    agent.add_argument("--weak-isolation-namespace", action="append", default=[], metavar="NAMESPACE",
+                       help="let tasks of this namespace ask for isolation.minimum below Container and seccomp "
+                            "Unconfined (repeatable; '*': every namespace); elsewhere the floor is Container")
     agent.set_defaults(func=_agent)
     return parser
 
@@ -209,6 +215,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace) -> int:
     try:
+        from .agent.admission import AgentPolicy
         from .agent.node import AgentSettings
         from .agent.run import run_agent
     except ImportError as exc:
@@ -217,7 +224,9 @@ def _agent(args: argparse.Namespace) -> int:
         raise CliError("agent: no node name: pass --node or set NODE_NAME (downward API spec.nodeName)")
     config = load_worker_config(args.config) if args.config else WorkerConfig()
     run_agent(config, AgentSettings(node=args.node, namespace=args.namespace, task_namespaces=args.task_namespace,
-                                    seccomp_dir=args.seccomp_dir, poll_seconds=args.poll_seconds),
+                                    seccomp_dir=args.seccomp_dir, poll_seconds=args.poll_seconds,
+                                    allow_host_executor=args.allow_host_executor,
+                                    policy=AgentPolicy(frozenset(args.weak_isolation_namespace))),
               metrics_port=args.metrics_port)
     return 0
 

@@ -1,8 +1,8 @@
 """Agents and the operator against KMock, with the real namespace executor underneath.
 
 Each agent runs in the test's loop (the operator in its own thread, as in
-tests/controller). Runs are counted by ``CountingExecutor``, a wrapper in the
-chain the agent is given (``chain_for``), not by patching the agent.
+tests/controller). Runs are counted by ``CountingExecutor``, a wrapper around the
+real executor that the agent is given as its only backend, not by patching the agent.
 """
 
 from __future__ import annotations
@@ -95,11 +95,16 @@ def counting() -> CountingExecutor:
 async def running_agent(server: Any, config: WorkerConfig, node: str, *, agent_id: str = "",
                         counting: CountingExecutor | None = None, seccomp_dir: Path | None = None,
                         lease_seconds: int = 15, poll_seconds: float = 0.1,
-                        api_class: type[AgentApi] = AgentApi) -> AsyncIterator[NodeAgent]:
+                        api_class: type[AgentApi] = AgentApi, **more: Any) -> AsyncIterator[NodeAgent]:
+    """An agent on ``node``; it runs tasks only through ``counting`` when given, else its config's chain.
+
+    ``more`` goes to AgentSettings (allow_host_executor, policy, ...), or ``capacity=`` to the agent.
+    """
+    capacity = more.pop("capacity", None)
     settings = AgentSettings(node=node, namespace=AGENTS_NS, agent_id=agent_id, poll_seconds=poll_seconds,
-                             renew_seconds=0.5, lease_seconds=lease_seconds, seccomp_dir=seccomp_dir)
+                             renew_seconds=0.5, lease_seconds=lease_seconds, seccomp_dir=seccomp_dir, **more)
     api = api_class(str(server.url))
-    agent = NodeAgent(api, config, settings, chain_for=(lambda _: [counting]) if counting else None)
+    agent = NodeAgent(api, config, settings, executors=[counting] if counting else None, capacity=capacity)
     run = asyncio.create_task(agent.run())
     started = asyncio.create_task(agent.started.wait())
     await asyncio.wait([run, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)

@@ -30,7 +30,8 @@ def placed(name: str, node: str, **spec) -> dict:
     """A task as the operator leaves it after placing it on ``node`` (for tests without the operator)."""
     body = task_body(name, **spec)
     body["metadata"]["labels"] = {"expbuild.io/node": node}
-    body["status"] = {"phase": "Scheduled", "reason": "PlacedOnAgent", "executor": "agent", "node": node}
+    body["status"] = {"phase": "Scheduled", "reason": "PlacedOnAgent", "executor": "agent", "node": node,
+                      "observedGeneration": body["metadata"]["generation"]}
     return body
 
 
@@ -174,33 +175,44 @@ async def test_auto_with_a_pids_limit_and_no_agent_is_an_error_not_a_silent_job(
     assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-pids") is None
 
 
-async def test_auto_goes_to_an_agent_when_the_job_is_refused(api, operator, kmock):
+async def test_a_job_the_api_server_refuses_ends_rejected_once_and_never_goes_to_an_agent(api, operator, kmock):
+    # An admission policy or a quota refused the Job: a node agent must not become the way around it.
     kmock["post /apis/batch/v1/namespaces/ci/jobs"] << 403 << {"kind": "Status", "message": "exceeded quota: jobs"}
     await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
     await api.create(TASKS, task_body("refused"))
-    task = await eventually(lambda: _phase(api, "refused", "Scheduled"), what="Scheduled")
-    assert (task["status"]["executor"], task["status"]["node"]) == ("agent", "n1")
-    assert "the Job path was refused" in task["status"]["message"] and "exceeded quota" in task["status"]["message"]
-    assert (await api.get(f"{TASKS}/refused"))["metadata"]["labels"]["expbuild.io/node"] == "n1"
+    task = await eventually(lambda: _phase(api, "refused", "Error"), what="Error")
+    assert task["status"]["reason"] == "Rejected"
+    assert "exceeded quota: jobs" in task["status"]["message"] and "Job xt-refused" in task["status"]["message"]
+    await asyncio.sleep(1.0)  # no retry loop: the same request would be refused again
+    tries = [r for r in list(kmock) if r.method == "POST" and r.url.path == "/apis/batch/v1/namespaces/ci/jobs"]
+    assert len(tries) == 1
+    task = await api.get(f"{TASKS}/refused")
+    assert "expbuild.io/node" not in (task["metadata"].get("labels") or {}) and task["status"]["executor"] == "job"
+    assert [e["reason"] for e in api.events_for("refused") if e["type"] == "Warning"] == ["Rejected"]
 
 
-async def test_auto_goes_to_an_agent_when_its_pod_stays_unschedulable_past_the_deadline(api, operator):
+async def test_an_unschedulable_task_stays_on_the_job_path_even_with_an_agent_alive(api, operator):
+    # cpu 10000 and 100Ti: the scheduler says no; an agent would run it with no scheduler and no quota.
     await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
-    await api.create(TASKS, task_body("stuck"))
+    await api.create(TASKS, task_body("stuck", resources={"cpu": "10000", "memory": "100Ti"}))
     await eventually(lambda: api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck"), what="the Job")
     pod = pod_body("stuck", {"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
     pod["spec"].pop("nodeName")
     pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                     "message": "0/3 nodes are available: 3 Insufficient cpu.",
-                                    "lastTransitionTime": "2025-03-01T12:00:01Z"}]
+                                    "lastTransitionTime": "2025-03-01T12:00:01Z"}]  # long ago
     await api.create("/api/v1/namespaces/ci/pods", pod)
 
-    async def on_agent():
+    async def unschedulable():
         task = await api.get(f"{TASKS}/stuck")
-        return task if (task.get("status") or {}).get("executor") == "agent" else None
-    task = await eventually(on_agent, what="placed on an agent")
-    assert task["status"]["node"] == "n1" and "unschedulable for" in task["status"]["message"]
-    assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck") is None  # the Job path is given up
+        return task if (task.get("status") or {}).get("reason") == "Unschedulable" else None
+    task = await eventually(unschedulable, what="reason Unschedulable")
+    await asyncio.sleep(1.0)
+    task = await api.get(f"{TASKS}/stuck")
+    assert (task["status"]["phase"], task["status"]["executor"]) == ("Scheduled", "job")
+    assert "Insufficient cpu" in task["status"]["message"]
+    assert "expbuild.io/node" not in (task["metadata"].get("labels") or {})
+    assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck") is not None
 
 
 async def test_healthz_follows_the_lease_renewal_and_metrics_are_served(worker_config):

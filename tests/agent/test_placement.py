@@ -15,7 +15,7 @@ from expbuild_isolation.kube.leases import (
 from expbuild_isolation.kube.placement import decide
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
-CONFIG = OperatorConfig(agent_fallback_seconds=60)
+CONFIG = OperatorConfig()
 C, N = IsolationLevel.CONTAINER, IsolationLevel.NONE
 
 
@@ -26,10 +26,12 @@ def task(**spec) -> ExecutionTask:
         "spec": {"image": "localhost/busybox:latest", "command": ["true"]} | spec})
 
 
-def agent(node: str, free: int = 2, renewed: datetime = NOW, **levels: IsolationLevel) -> AgentAdvert:
+def agent(node: str, free: int = 2, renewed: datetime = NOW, cpu: float = 2.0, memory: int = 8 << 30,
+          **levels: IsolationLevel) -> AgentAdvert:
     levels = levels or {"namespace": C}
     return AgentAdvert(node=node, holder=node, executors=tuple(levels), levels=dict(levels), free_slots=free,
-                       seccomp_profiles=("expbuild-default",), renew_time=renewed, duration_seconds=15)
+                       seccomp_profiles=("expbuild-default",), renew_time=renewed, duration_seconds=15,
+                       cpu_cores=cpu, memory_bytes=memory)
 
 
 # --- Leases ---------------------------------------------------------------------------------------------
@@ -41,7 +43,8 @@ def test_an_agent_lease_round_trips_its_advert():
     assert lease["metadata"]["namespace"] == "expbuild-system"
     assert lease["metadata"]["annotations"] == {
         "expbuild.io/executors": "namespace,host", "expbuild.io/isolation-levels": "namespace=Container,host=None",
-        "expbuild.io/free-slots": "3", "expbuild.io/seccomp-profiles": "expbuild-default"}
+        "expbuild.io/free-slots": "3", "expbuild.io/seccomp-profiles": "expbuild-default",
+        "expbuild.io/capacity": "cpu=2,memory=8589934592"}
     assert lease["spec"] == {"holderIdentity": "n1", "leaseDurationSeconds": 15,
                              "renewTime": "2025-03-01T12:00:00.000000Z"}
     assert parse_agent_lease(lease) == advert
@@ -130,15 +133,21 @@ def test_auto_with_disk_goes_to_an_agent_only_when_disk_is_a_hard_limit():
     assert decide(task(resources={"disk": "1Gi"}), [agent("n1")], config=hard, now=NOW).kind == "agent"
 
 
-def test_auto_falls_back_to_an_agent_when_the_job_is_refused():
-    plan = decide(task(), [agent("n1")], job_refused="403: forbidden by quota", config=CONFIG, now=NOW)
-    assert plan.kind == "agent" and "403: forbidden by quota" in plan.message
+def test_placement_has_no_fallback_for_what_an_agent_cannot_fix():
+    # A refused Job (admission, quota) or an unschedulable pod stays the Job path's: an agent would bypass it.
+    assert decide(task(resources={"cpu": "10000", "memory": "100Ti"}), [agent("n1")], config=CONFIG,
+                  now=NOW).kind == "job"
 
 
-def test_auto_falls_back_only_after_the_unschedulable_deadline():
-    assert decide(task(), [agent("n1")], unschedulable_for=59, config=CONFIG, now=NOW).kind == "job"
-    plan = decide(task(), [agent("n1")], unschedulable_for=61, config=CONFIG, now=NOW)
-    assert plan.kind == "agent" and "unschedulable for 61s" in plan.message
+def test_no_agent_gets_a_task_bigger_than_its_node():
+    big = task(isolation={"executor": "namespace"}, resources={"cpu": "10000", "memory": "1Gi"})
+    plan = decide(big, [agent("n1", cpu=2), agent("n2", cpu=4)], config=CONFIG, now=NOW)
+    assert (plan.kind, plan.reason) == ("error", "ExceedsNodeCapacity")
+    assert "n1 has 2 cores" in plan.message and "n2 has 4 cores" in plan.message and "cpu 10000" in plan.message
+    fits = task(isolation={"executor": "namespace"}, resources={"cpu": "3", "memory": "9Gi"})
+    assert decide(fits, [agent("n1", cpu=2), agent("n2", cpu=4)], config=CONFIG, now=NOW).reason == "ExceedsNodeCapacity"
+    plan = decide(fits, [agent("n1", cpu=2), agent("n2", cpu=4, memory=16 << 30)], config=CONFIG, now=NOW)
+    assert (plan.kind, plan.node) == ("agent", "n2")
 
 
 def test_auto_on_an_agent_never_goes_below_the_floor():

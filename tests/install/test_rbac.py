@@ -197,21 +197,12 @@ async def refused(api: Api) -> None:
 
 
 async def goes_to_agents(api: Api) -> None:
-    """Placement reads the agents' Leases; an unschedulable auto task leaves its Job; a lost agent is noticed."""
+    """Placement reads the agents' Leases; a lost agent is noticed."""
     await advertise(api, "n9", namespace=IsolationLevel.CONTAINER)
     await api.create(TASKS, task_body("placed", isolation={"executor": "namespace"}))
-    await api.create(TASKS, task_body("stuck"))
-    await job_of(api, "stuck")
-    pod = pod_body("stuck", {"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
-    pod["spec"].pop("nodeName")
-    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                    "lastTransitionTime": "2025-03-01T12:00:01Z"}]
-    await api.create(PODS, pod)
     await eventually(lambda: _labelled(api, "placed"), what="placed labelled for its node")
-    await eventually(lambda: _labelled(api, "stuck"), what="stuck placed on an agent")
-    await api.delete(f"{LEASES}/expbuild-agent-n9")  # the agent is gone before it claimed either
+    await api.delete(f"{LEASES}/expbuild-agent-n9")  # the agent is gone before it claimed it
     await phase(api, "placed", "Error")
-    await phase(api, "stuck", "Error")
 
 
 async def _absent(api: Api, path: str) -> bool:
@@ -230,7 +221,7 @@ OPERATOR_SCENARIOS = (runs_to_success, fails, fqdn_policy, adopts_what_it_create
 async def record_operator(recording: Recording, namespaces: list[str]) -> None:
     config = OperatorConfig(namespaces=namespaces, allowed_images=["localhost/*"], metrics_port=0,
                             resync_seconds=3600, image_pull_grace_seconds=0, agent_namespace=AGENTS_NS,
-                            agent_check_seconds=0.3, agent_fallback_seconds=0, fqdn_policies=True)
+                            agent_check_seconds=0.3, fqdn_policies=True)
     async with emulator() as server:
         api = Api(server)
         async with running_operator(server, config):

@@ -199,3 +199,14 @@ def test_missing_and_truncated_outputs_are_explained():
                                NOW)
     assert "outputs not produced: a" in patch["message"] and "truncated" in patch["message"]
     assert "stats" not in patch
+
+
+def test_outputs_are_attributed_to_the_paths_the_run_used_not_to_a_changed_spec():
+    ran = make_task(outputs={"paths": ["out/app", "out/report.txt"]}, status={"phase": "Running"})
+    rendered = job(ran, conditions=[("Complete", "", "")], succeeded=1)
+    changed = make_task(outputs={"paths": ["out/report.txt", "out/app"]}, status={"phase": "Running"})
+    report = json.dumps({"v": 1, "exit": 0, "cg": 2, "cpu_us": 1, "mem": 1, "trunc": 0,
+                         "out": [[0, "a" * 64, 10, 1], [1, "b" * 64, 20, 0]]})
+    patch = status.status_from(changed, rendered, pod(phase="Succeeded", init=INIT_DONE,
+                                                      main=terminated(0, message=report)), NOW)
+    assert [(o["path"], o["sha256"][0]) for o in patch["outputs"]] == [("out/app", "a"), ("out/report.txt", "b")]

@@ -52,6 +52,11 @@ def test_isolation_levels_are_ordered():
               IsolationLevel.VM]
     assert sorted(reversed(levels)) == levels
     assert IsolationLevel.PROCESS < IsolationLevel.CONTAINER <= IsolationLevel.CONTAINER < IsolationLevel.VM
+    # every comparison, and max/min, by rank: the names sort otherwise ("None" > "Container")
+    assert IsolationLevel.NONE < IsolationLevel.CONTAINER and not IsolationLevel.NONE >= IsolationLevel.CONTAINER
+    assert IsolationLevel.VM > IsolationLevel.NONE and IsolationLevel.CONTAINER >= IsolationLevel.FILESYSTEM
+    assert max(IsolationLevel.NONE, IsolationLevel.CONTAINER) is IsolationLevel.CONTAINER
+    assert min(IsolationLevel.VM, IsolationLevel.PROCESS) is IsolationLevel.PROCESS
 
 
 def test_duplicate_env_names_are_refused():

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..api.task import GROUP, PLURAL, VERSION
+from ..api.task import GROUP, PLURAL, VERSION, object_name_problem
 from ..credentials import pem_file
 
 _PREFIX = "expbuild-agent-"
@@ -41,14 +41,34 @@ def _selector(labels: dict[str, str]) -> dict[str, str]:
     return {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else {}
 
 
+def segment(value: str) -> str:
+    """One path segment of a URL: an object name, refused unless it is one, and quoted whole.
+
+    Names in the agent's URLs come from tasks a tenant wrote; ``../../other/configmaps/x`` must never
+    be normalized into another namespace's object.
+    """
+    problem = object_name_problem(value)
+    if problem:
+        raise ValueError(f"{value[:80]!r} {problem}")
+    return quote(value, safe="")
+
+
 def tasks_path(namespace: str | None, name: str = "") -> str:
-    base = f"{TASKS}/namespaces/{quote(namespace)}/{PLURAL}" if namespace else f"{TASKS}/{PLURAL}"
-    return f"{base}/{quote(name)}" if name else base
+    base = f"{TASKS}/namespaces/{segment(namespace)}/{PLURAL}" if namespace else f"{TASKS}/{PLURAL}"
+    return f"{base}/{segment(name)}" if name else base
 
 
 def leases_path(namespace: str | None, name: str = "") -> str:
-    base = f"{LEASES}/namespaces/{quote(namespace)}/leases" if namespace else f"{LEASES}/leases"
-    return f"{base}/{quote(name)}" if name else base
+    base = f"{LEASES}/namespaces/{segment(namespace)}/leases" if namespace else f"{LEASES}/leases"
+    return f"{base}/{segment(name)}" if name else base
+
+
+def config_map_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{segment(namespace)}/configmaps/{segment(name)}"
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{segment(namespace)}/events"
 
 
 class AgentApi:

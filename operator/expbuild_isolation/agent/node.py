@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import ValidationError
 
 from .. import audit, metrics
 from ..api.task import ExecutionTask, Phase
@@ -22,10 +21,12 @@ from ..kube.leases import (
     NODE_LABEL, AgentAdvert, claim_holder, label_value, render_agent_lease, render_claim,
 )
 from ..kube.status import parse_time, task_conditions, timestamp
-from ..worker.chain import LOCAL_BACKENDS, build_chain
+from ..worker.chain import build_chain
 from ..worker.config import WorkerConfig
-from ..worker.local import LOG_TAIL_CHARS, run_task
-from .api import AgentApi, ApiError, leases_path, tasks_path
+from ..worker.config_maps import ConfigMapError
+from ..worker.local import LOG_TAIL_CHARS, describe_task_error, run_task
+from .admission import AgentPolicy, NodeCapacity, Refusal, floor, refusal, runnable
+from .api import AgentApi, ApiError, config_map_path, events_path, leases_path, tasks_path
 
 LOG = logging.getLogger("expbuild.agent")
 DEFAULT_SECCOMP_DIR = Path("/var/lib/kubelet/seccomp/profiles")
@@ -50,23 +51,40 @@ class AgentSettings:
     health_seconds: float = 30.0
     seccomp_dir: Path | None = DEFAULT_SECCOMP_DIR  # None: do not install profiles
     log_tail_chars: int = LOG_TAIL_CHARS
+    allow_host_executor: bool = False    # an administrator's explicit opt-in; never the default
+    policy: AgentPolicy = field(default_factory=AgentPolicy)
 
     @property
     def identity(self) -> str:
         return self.agent_id or self.node
 
 
-ChainFor = Callable[[str], Sequence[TaskExecutor]]
+def agent_executors(config: WorkerConfig, settings: AgentSettings) -> list[TaskExecutor]:
+    """The configured chain, without the host executor unless an administrator allowed it explicitly.
+
+    The host executor runs a task on the node itself (Process isolation): inside an agent that is root next
+    to the kubelet, so a worker file's default chain never brings it in by itself.
+    """
+    chain = build_chain(config)
+    if not settings.allow_host_executor and any(executor.name == "host" for executor in chain):
+        LOG.warning("the host executor is configured but not offered: an agent runs it only with "
+                    "--allow-host-executor")
+        chain = [executor for executor in chain if executor.name != "host"]
+    return chain
 
 
 class NodeAgent:
-    """``await agent.run()`` until cancelled. ``chain_for(executor)`` gives the chain a task runs through."""
+    """``await agent.run()`` until cancelled. It runs tasks only through ``executors`` (default: from the config).
+
+    It advertises the healthy ones and never runs anything else: a task naming another backend is refused.
+    """
 
     def __init__(self, api: AgentApi, config: WorkerConfig, settings: AgentSettings, *,
-                 chain_for: ChainFor | None = None) -> None:
+                 executors: Sequence[TaskExecutor] | None = None, capacity: NodeCapacity | None = None) -> None:
         self.api, self.config, self.settings = api, config, settings
-        self._executors = {executor.name: executor for executor in build_chain(config)}
-        self._chain_for = chain_for or self._default_chain
+        chosen = agent_executors(config, settings) if executors is None else list(executors)
+        self._executors = {executor.name: executor for executor in chosen}
+        self.capacity = capacity or NodeCapacity.of_this_machine()
         self.healthy: list[str] = []
         self.seccomp_profiles: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}  # task uid -> its run
@@ -75,11 +93,6 @@ class NodeAgent:
         self._resync_now = asyncio.Event()
         self.last_renewal: datetime | None = None
         self.started = asyncio.Event()  # set once recovered and advertised
-
-    def _default_chain(self, executor: str) -> Sequence[TaskExecutor]:
-        if executor in LOCAL_BACKENDS:
-            return [self._executors[executor]] if executor in self._executors else build_chain(self.config, executor)
-        return list(self._executors.values())
 
     @property
     def free_slots(self) -> int:
@@ -197,7 +210,8 @@ class NodeAgent:
         levels = {name: self._executors[name].isolation_level() for name in self.healthy}
         return AgentAdvert(node=self.settings.node, holder=self.settings.identity, executors=tuple(self.healthy),
                            levels=levels, free_slots=self.free_slots, seccomp_profiles=tuple(self.seccomp_profiles),
-                           duration_seconds=self.settings.lease_seconds)
+                           duration_seconds=self.settings.lease_seconds, cpu_cores=self.capacity.cpu_cores,
+                           memory_bytes=self.capacity.memory_bytes)
 
     async def renew(self) -> None:
         at = now()
@@ -228,7 +242,10 @@ class NodeAgent:
             body = await self.api.get(tasks_path(meta.get("namespace"), name)) if name else None
             if body is None:
                 continue
-            task = ExecutionTask.model_validate(body)
+            try:
+                task = ExecutionTask.model_validate(body)
+            except ValidationError:
+                continue  # left to consider(), which ends it once
             if task.status.phase.finished or task.metadata.uid in self.running:
                 continue
             message = (f"the node agent {self.settings.identity} on {self.settings.node} restarted while the task "
@@ -258,21 +275,46 @@ class NodeAgent:
         return version
 
     def consider(self, body: dict[str, Any]) -> None:
-        """Start a placed task (if a slot is free), or stop a run the operator ended; else nothing."""
-        task = ExecutionTask.model_validate(body)
+        """Start a placed task (if a slot is free), or stop a run the operator ended; else nothing. Never raises."""
+        try:
+            task = ExecutionTask.model_validate(body)
+        except ValidationError as exc:  # the CRD's schema refuses these; an old CRD or a bug may not
+            self._invalid(body, exc)
+            return
         uid = task.metadata.uid
         run = self.running.get(uid)
         if run is not None:
             if (task.spec.cancel or task.status.phase.finished) and uid not in self.reported:
                 run.cancel()  # ended by the operator (Cancelled, AgentLost): stop the processes
             return
-        if task.status.phase is not Phase.SCHEDULED or task.spec.cancel:
-            return
+        if task.status.phase is not Phase.SCHEDULED or task.spec.cancel or task.status.node != self.settings.node:
+            return  # (the node label is what agents list by, and tenants can set labels; status.node they cannot)
         if not self.free_slots:
             self._starved = True
             return
         self.running[uid] = asyncio.create_task(self._claim_and_run(task, body), name=f"task-{task.key}")
         self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
+
+    def _invalid(self, body: dict[str, Any], exc: ValidationError) -> None:
+        """A task placed here that is not a valid ExecutionTask: end it in Error once; never retry it."""
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        uid = str(meta.get("uid") or "")
+        if (status.get("phase"), status.get("node")) != (Phase.SCHEDULED.value, self.settings.node) \
+                or uid in self.running or not meta.get("namespace") or not meta.get("name"):
+            return
+        message = f"the task is not a valid ExecutionTask: {describe_task_error(exc)}"[:1024]
+        self.running[uid] = asyncio.create_task(self._end_invalid(body, message), name=f"invalid-{uid}")
+        self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
+
+    async def _end_invalid(self, body: dict[str, Any], message: str) -> None:
+        meta = body["metadata"]
+        try:
+            await self.api.merge_patch(tasks_path(meta["namespace"], meta["name"]) + "/status", {"status": {
+                "phase": Phase.ERROR.value, "reason": "InvalidTask", "message": message, "node": self.settings.node,
+                "completionTime": timestamp(now())}})
+            await self._event(body, "Warning", "InvalidTask", message)
+        except (ApiError, ValueError) as exc:
+            LOG.warning("cannot end the invalid task %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
 
     def _done(self, uid: str) -> None:
         self.running.pop(uid, None)
@@ -290,6 +332,11 @@ class NodeAgent:
                 LOG.info("%s is claimed by another agent", task.key)
                 return
             raise
+        refused = refusal(task, node=self.settings.node, advertised=self.healthy, policy=self.settings.policy,
+                          capacity=self.capacity)
+        if refused is not None:
+            await self._refuse(task, body, refused)
+            return
         try:
             await self._run(task, body)
         except asyncio.CancelledError:
@@ -313,10 +360,16 @@ class NodeAgent:
                                                    now())}
             started.append(asyncio.create_task(self._started(task, body, patch)))
 
-        with tempfile.TemporaryDirectory(prefix="expbuild-agent-inputs-") as base_dir:
-            await self._fetch_config_maps(task, Path(base_dir))
-            status = await run_task(task, self._chain_for(task.spec.isolation.executor), self.config,
-                                    base_dir=Path(base_dir), on_selected=on_selected, node=self.settings.node)
+        try:
+            config_maps = await self._fetch_config_maps(task)
+        except ConfigMapError as exc:
+            await self._refuse(task, body, Refusal("InvalidTask", f"spec.inputs: {exc}"))
+            return
+        chain = [self._executors[name] for name in runnable({name: self._executors[name].isolation_level()
+                                                             for name in self.healthy}, task)]
+        status = await run_task(task, chain, self.config, config_maps=config_maps.__getitem__,
+                                floor=floor(task, self.settings.policy), on_selected=on_selected,
+                                node=self.settings.node)
         if started:
             await started[0]
         patch = status.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"conditions"})
@@ -333,15 +386,25 @@ class NodeAgent:
         created = parse_time(body.get("metadata", {}).get("creationTimestamp"))
         metrics.task_started(patch["executor"], (now() - created).total_seconds() if created else None)
 
-    async def _fetch_config_maps(self, task: ExecutionTask, base_dir: Path) -> None:
-        """ConfigMap inputs as ``<name>.yaml`` files, where ``run_task`` reads them."""
-        for item in task.spec.inputs:
-            if item.config_map is None:
-                continue
-            name = item.config_map.name
-            config_map = await self.api.get(f"/api/v1/namespaces/{task.metadata.namespace}/configmaps/{name}")
-            if config_map is not None:
-                (base_dir / f"{name}.yaml").write_text(yaml.safe_dump(config_map))
+    async def _fetch_config_maps(self, task: ExecutionTask) -> dict[str, dict[str, Any]]:
+        """The task's ConfigMap inputs, from the task's own namespace only; nothing is written to disk."""
+        found: dict[str, dict[str, Any]] = {}
+        namespace = task.metadata.namespace
+        for name in {item.config_map.name for item in task.spec.inputs if item.config_map is not None}:
+            try:
+                config_map = await self.api.get(config_map_path(namespace, name))
+            except ValueError as exc:  # not an object name: the CRD and the models refuse these already
+                raise ConfigMapError(f"configMap {exc}") from None
+            if config_map is None:
+                raise ConfigMapError(f"ConfigMap {namespace}/{name} does not exist")
+            found[name] = config_map
+        return found
+
+    async def _refuse(self, task: ExecutionTask, body: dict[str, Any], refused: Refusal) -> None:
+        LOG.warning("refusing %s: %s", task.key, refused.message)
+        await self._finish(task, body, {"phase": Phase.ERROR.value, "reason": refused.reason,
+                                        "message": refused.message, "node": self.settings.node,
+                                        "completionTime": timestamp(now())}, warning=True)
 
     async def _finish(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any], *,
                       warning: bool) -> None:
@@ -384,6 +447,6 @@ class NodeAgent:
                  "source": {"component": "expbuild-agent", "host": self.settings.node},
                  "reportingComponent": "expbuild.io/agent", "reportingInstance": self.settings.identity}
         try:
-            await self.api.create(f"/api/v1/namespaces/{meta.get('namespace')}/events", event)
+            await self.api.create(events_path(namespace), event)
         except ApiError as exc:  # Events are a convenience; the status is the record
             LOG.warning("no event for %s: %s", meta.get("name"), exc)

@@ -15,7 +15,6 @@ import posixpath
 import re
 from datetime import datetime
 from enum import Enum
-from functools import total_ordering
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -69,7 +68,6 @@ def workspace_path(value: str, *, field: str, allow_root: bool = False) -> str:
     return normal
 
 
-@total_ordering
 class IsolationLevel(str, Enum):
     """How strongly a task is kept from the host, weakest first."""
 
@@ -83,10 +81,19 @@ class IsolationLevel(str, Enum):
     def rank(self) -> int:
         return list(IsolationLevel).index(self)
 
+    # All four, not functools.total_ordering: str already defines them, and max() or >= would then compare
+    # the names ("None" > "Container").
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, IsolationLevel):
-            return NotImplemented
-        return self.rank < other.rank
+        return self.rank < other.rank if isinstance(other, IsolationLevel) else NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return self.rank <= other.rank if isinstance(other, IsolationLevel) else NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        return self.rank > other.rank if isinstance(other, IsolationLevel) else NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        return self.rank >= other.rank if isinstance(other, IsolationLevel) else NotImplemented
 
 
 class NetworkMode(str, Enum):

@@ -34,13 +34,23 @@ _COLLECTIONS = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, kind: str = "") -> None:
         super().__init__(f"{status}: {message}")
-        self.status = status
+        self.status, self.message, self.kind = status, message, kind
+
+
+def refused_for_good(exc: ApiError) -> bool:
+    """A 4xx that asking again will not change (invalid, forbidden by admission or RBAC), unlike 408/409/429."""
+    return 400 <= exc.status < 500 and exc.status not in (408, 409, 429)
 
 
 class NotOwned(Exception):
     """An object with the task's deterministic name exists but belongs to something else."""
+
+
+def is_controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(owner_uid) and any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners)
 
 
 class Cluster:
@@ -107,10 +117,9 @@ class Cluster:
             return await self.call("POST", path, body=obj)
         except ApiError as exc:
             if exc.status != 409:
-                raise
+                raise ApiError(exc.status, exc.message, kind=f"{obj['kind']} {meta['name']}") from exc
         existing = await self.call("GET", f"{path}/{quote(meta['name'])}")
-        owners = existing.get("metadata", {}).get("ownerReferences") or []
-        if any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners):
+        if is_controlled_by(existing, owner_uid):
             return existing
         raise NotOwned(f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not owned by "
                        f"this task; delete it or rename the task")
@@ -163,14 +172,26 @@ class Cluster:
         pods.sort(key=lambda pod: pod.get("metadata", {}).get("creationTimestamp") or "")
         return pods[-1] if pods else None
 
-    async def delete_job(self, namespace: str, name: str) -> None:
+    async def delete_owned_job(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the Job ``name`` only if the task ``owner_uid`` controls it; True when it was deleted.
+
+        The operator can delete Jobs its tenants cannot: a task named after someone else's Job must not make
+        it delete that Job. The uid precondition makes the check and the delete one step (a Job replaced in
+        between is left alone).
+        """
         path = f"{self.collection('batch/v1', 'Job', namespace)}/{quote(name)}"
+        job = await self.get("batch/v1", "Job", namespace, name)
+        if job is None or not is_controlled_by(job, owner_uid):
+            return False
         try:
             await self.call("DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1",
-                                                  "propagationPolicy": "Background"})
+                                                  "propagationPolicy": "Background",
+                                                  "preconditions": {"uid": job["metadata"].get("uid")}})
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # gone, or replaced by another object since we read it
                 raise
+            return False
+        return True
 
     async def log_tail(self, namespace: str, pod: str, container: str, limit_bytes: int) -> tuple[str, bool]:
         """The last ``limit_bytes`` of a container's log, and whether it was cut."""

@@ -44,7 +44,7 @@ from ..kube.leases import (
 )
 from ..kube.names import MANAGED_BY, TASK_LABEL, TASK_NAME_ANNOTATION, object_name
 from ..kube.status import parse_time, status_from, timestamp
-from .cluster import ApiError, Cluster, NotOwned
+from .cluster import ApiError, Cluster, NotOwned, refused_for_good
 
 EXECUTOR = "job"
 FOLLOWED = {TASK_LABEL: kopf.PRESENT, **MANAGED_BY}
@@ -107,8 +107,15 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         return  # finished, or placed on a node agent (``agent_check`` watches it from now on)
     async with state.lock(task.key):
         if task.key in state.placed:  # kopf's body may predate a placement this process made meanwhile
-            return  # (placements are made only under this lock, so no API read is needed to see them;
-            #          a restarted operator lists fresh bodies that carry the node label)
+            return
+        # kopf may call this twice (create and resume) with a body older than what this process wrote since:
+        # the task as stored now decides, so a task already rejected, placed or scheduled is left alone.
+        fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
+        if fresh is None:
+            return
+        task = ExecutionTask.model_validate(fresh)
+        if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
+            return
         if task.spec.cancel:
             await _cancel(state, task, dict(body), "cancelled before it started (spec.cancel)")
             return
@@ -130,16 +137,17 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         except NotOwned as exc:
             await _reject(state, task, dict(body), "NameConflict", str(exc))
             return
-        except Exception as exc:
-            if isinstance(exc, ApiError) and exc.status in (403, 422) and task.spec.isolation.executor == "auto":
-                plan = await _plan(state, task, job_refused=str(exc))
-                if plan.kind == "agent":
-                    await _place(state, task, dict(body), plan)
-                    return
+        except ApiError as exc:
+            if refused_for_good(exc):  # the same request would be refused again: say so once, no retries
+                await _reject(state, task, dict(body), "Rejected", f"the API server refused the task's "
+                                                                  f"{exc.kind or 'objects'}: {exc}")
+                return
             metrics.RECONCILE_ERRORS.inc()
             raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
-        fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
-        if fresh is not None and ExecutionTask.model_validate(fresh).status.phase is Phase.PENDING:
+        except Exception as exc:
+            metrics.RECONCILE_ERRORS.inc()
+            raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
+        if task.status.phase is Phase.PENDING:
             level = render.isolation_level(task, state.config).value
             patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
                      "isolationLevel": level, "observedGeneration": task.metadata.generation}
@@ -150,13 +158,13 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await reconcile(state, task.metadata.namespace, task.metadata.name)
 
 
-async def _plan(state: OperatorState, task: ExecutionTask, **why: Any) -> placement.Plan:
+async def _plan(state: OperatorState, task: ExecutionTask) -> placement.Plan:
     """Where ``task`` runs; the agents' Leases are read only when the answer can depend on them."""
-    plan = placement.decide(task, [], config=state.config, **why)
+    plan = placement.decide(task, [], config=state.config)
     if plan.kind == "job":
         return plan
     leases = await state.api.list_labelled(LEASE_API_VERSION, "Lease", state.config.agent_namespace, AGENT_LABEL)
-    return placement.decide(task, fresh_agents(leases, now()), config=state.config, **why)
+    return placement.decide(task, fresh_agents(leases, now()), config=state.config)
 
 
 async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any], plan: placement.Plan) -> None:
@@ -265,13 +273,6 @@ async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
     job = await state.api.get("batch/v1", "Job", namespace, object_name(name))
     pod = await state.api.pod_for_task(namespace, name)
     patch = status_from(task, job, pod, now(), image_pull_grace=state.config.image_pull_grace_seconds)
-    if patch.get("reason") == "Unschedulable" and task.spec.isolation.executor == "auto":
-        since = _unschedulable_since(pod)
-        plan = await _plan(state, task, unschedulable_for=(now() - since).total_seconds()) if since else None
-        if plan is not None and plan.kind == "agent":
-            await state.api.delete_job(namespace, object_name(name))
-            await _place(state, task, body, plan)
-            return
     current = task.status.model_dump(by_alias=True, mode="json")
     if not patch or all(current.get(key) == value for key, value in patch.items()):
         return
@@ -281,13 +282,6 @@ async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
         patch["logs"] = {"stdoutTail": text, "stderrTail": "", "truncated": cut}
     await state.api.patch_task_status(namespace, name, patch)
     _transition(state, task, body, patch)
-
-
-def _unschedulable_since(pod: dict[str, Any] | None) -> datetime | None:
-    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return parse_time(cond.get("lastTransitionTime"))
-    return None
 
 
 async def agent_check(state: OperatorState, namespace: str, name: str) -> None:
@@ -312,9 +306,9 @@ async def agent_check(state: OperatorState, namespace: str, name: str) -> None:
             if plan.kind == "agent":
                 await _place(state, task, fresh, plan)
                 return
-            if plan.kind == "job":  # an auto task sent to an agent because the Job path failed it
+            if plan.kind == "job":  # cannot happen while placement is a function of the spec; never a 2nd path
                 plan = placement.Plan("error", reason="AgentLost", message=f"the node agent on {node} is gone "
-                                      f"and the Job path already refused this task")
+                                      f"before it started the task")
             await _reject(state, task, fresh, plan.reason, plan.message)
             return
         message = (f"the node agent {claim_holder(claim)} on {node} stopped renewing its Lease "
@@ -378,7 +372,7 @@ async def _reject(state: OperatorState, task: ExecutionTask, body: dict[str, Any
 
 
 async def _cancel(state: OperatorState, task: ExecutionTask, body: dict[str, Any], message: str) -> None:
-    await state.api.delete_job(task.metadata.namespace, object_name(task.metadata.name))
+    await state.api.delete_owned_job(task.metadata.namespace, object_name(task.metadata.name), task.metadata.uid)
     patch = {"phase": Phase.CANCELLED.value, "reason": "Cancelled", "message": message,
              "completionTime": timestamp(now()), "observedGeneration": task.metadata.generation}
     if task.status.start_time is not None:
@@ -410,7 +404,8 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         if not task.status.phase.finished:
             await _cancel(state, task, dict(body), "the task was deleted")
         else:
-            await state.api.delete_job(task.metadata.namespace, object_name(task.metadata.name))
+            await state.api.delete_owned_job(task.metadata.namespace, object_name(task.metadata.name),
+                                             task.metadata.uid)
     state.locks.pop(task.key, None)
     state.placed.discard(task.key)
 

@@ -151,6 +151,7 @@ class ExecutorCapabilities:
     seccomp_profiles: frozenset[str] = frozenset({"Unconfined"})
     uses_image: bool = False
     platform: str = "linux"
+    runs_as_root: bool = True       # can honour spec.isolation.runAsUser 0 (inside its own sandbox)
 
 
 @runtime_checkable

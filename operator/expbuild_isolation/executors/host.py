@@ -1,7 +1,8 @@
 """Run a task directly on the host (seed 5.4): isolation level Process, honestly.
 
-What it does give: an environment built from an allow-list, a session of its
-own, a timeout that takes the whole process tree down (``reaper.py`` is a child
+What it does give: never root (started as root, it runs the task as
+``runAsUser``, nobody by default, and refuses uid 0), an environment built from
+an allow-list, a session of its own, a timeout that takes the whole process tree down (``reaper.py`` is a child
 subreaper, so even a ``setsid`` double-fork is caught), bounded logs, CPU time
 and peak RSS from rusage. What it does not: any filesystem, network, memory or
 process-count isolation. ``capabilities()`` says exactly that, so selection
@@ -24,10 +25,12 @@ from .base import (
     ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable, TerminationReason,
 )
 from .config import HostConfig
+from .disk_limit import chown_tree
 from .logs import BoundedBuffer, pump
 from .workspace import collect_outputs
 
 _REAPER = Path(__file__).with_name("reaper.py")
+NOBODY = 65534
 _GRACE_SECONDS = 10.0  # the reaper enforces the timeout; this only guards against a stuck reaper
 
 
@@ -43,7 +46,7 @@ class HostExecutor:
     def capabilities(self) -> ExecutorCapabilities:
         return ExecutorCapabilities(isolation_level=IsolationLevel.PROCESS,
                                     network_policies=frozenset({NetworkMode.FULL}),
-                                    seccomp_profiles=frozenset({"Unconfined"}))
+                                    seccomp_profiles=frozenset({"Unconfined"}), runs_as_root=False)
 
     async def health_check(self) -> None:
         if not sys.platform.startswith("linux"):
@@ -64,8 +67,11 @@ class HostExecutor:
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         cwd = request.workspace / request.working_dir if request.working_dir else request.workspace
         cwd.mkdir(parents=True, exist_ok=True)
+        user = task_user(request)
+        if user is not None:
+            await asyncio.to_thread(chown_tree, request.workspace, user)
         job = {"argv": list(request.argv), "env": self.environment(request), "cwd": str(cwd),
-               "timeout": request.timeout_seconds, "rlimits": self._rlimits()}
+               "timeout": request.timeout_seconds, "rlimits": self._rlimits(), "user": user}
         report_read, report_write = os.pipe()
         job["report_fd"] = report_write
         started = time.monotonic()
@@ -130,6 +136,19 @@ class HostExecutor:
         if limits.max_processes:
             rlimits["RLIMIT_NPROC"] = (limits.max_processes, limits.max_processes)
         return rlimits
+
+
+def task_user(request: ExecutionRequest) -> int | None:
+    """The uid the task runs as: as root, ``runAsUser`` (nobody when unset), never 0; otherwise our own.
+
+    A worker that is not root cannot change users, and is not root: the task runs as the worker's user.
+    """
+    if os.geteuid() != 0:
+        return None
+    uid = NOBODY if request.run_as_user is None else request.run_as_user
+    if uid == 0:
+        raise ExecutorUnavailable("the host executor never runs a task as root (spec.isolation.runAsUser is 0)")
+    return uid
 
 
 def _read_all(fd: int) -> bytes:

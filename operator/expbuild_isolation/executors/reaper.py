@@ -18,6 +18,8 @@ import resource
 import signal
 import sys
 import time
+import warnings  # noqa: F401 - os.execvpe imports it lazily, after the child may have become a user who
+#                                cannot read this interpreter's library (a pyenv under /root is 0700)
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -92,7 +94,14 @@ def _child(job):
     os.setsid()
     for name, (soft, hard) in job.get("rlimits", {}).items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
+    # Enter the working directory while still ourselves: the workspace's parents may not be searchable by
+    # the task's user (a 0700 work_dir), and a process keeps its cwd whatever it becomes.
     os.chdir(job["cwd"])
+    user = job.get("user")
+    if user is not None:  # started as root: the task never is (groups first, uid last: no way back)
+        os.setgroups([])
+        os.setgid(user)
+        os.setuid(user)
     os.umask(0o022)
     try:
         os.execvpe(job["argv"][0], job["argv"], job["env"])

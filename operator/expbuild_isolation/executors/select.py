@@ -31,6 +31,8 @@ def unmet_requirements(caps: ExecutorCapabilities, request: ExecutionRequest) ->
     if limits.network.mode not in caps.network_policies:
         offered = ", ".join(sorted(m.value for m in caps.network_policies)) or "none"
         missing.append(f"cannot enforce network policy {limits.network.mode.value} (offers {offered})")
+    if request.run_as_user == 0 and not caps.runs_as_root:
+        missing.append("never runs a task as root (spec.isolation.runAsUser is 0)")
     if request.seccomp_profile not in caps.seccomp_profiles and not _localhost_profile_ok(caps, request):
         missing.append(f"cannot apply seccomp profile {request.seccomp_profile}")
     return missing

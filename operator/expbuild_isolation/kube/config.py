@@ -39,9 +39,6 @@ Variables (all optional):
 ``EXPBUILD_AGENT_NAMESPACE``
     Namespace of the node agents' Leases: the operator's own (default: the
     ``POD_NAMESPACE`` variable of its pod, else ``expbuild-system``).
-``EXPBUILD_AGENT_FALLBACK_SECONDS``
-    How long an ``auto`` task's pod may stay unschedulable before the task is
-    placed on a node agent instead (default 60).
 ``EXPBUILD_AGENT_CHECK_SECONDS``
     How often tasks placed on agents are checked for a lost agent (default 10).
 ``EXPBUILD_HARD_DISK_LIMITS``
@@ -79,7 +76,6 @@ class OperatorConfig(BaseModel):
     resync_seconds: float = Field(30.0, gt=0)
     metrics_port: int = Field(8080, ge=0, le=65535)
     agent_namespace: str = "expbuild-system"
-    agent_fallback_seconds: float = Field(60.0, ge=0)
     agent_check_seconds: float = Field(10.0, gt=0)
     hard_disk_limits: bool = False
 
@@ -97,7 +93,6 @@ class OperatorConfig(BaseModel):
                    "EXPBUILD_SUPERVISOR_BINARY": "supervisor_binary",
                    "EXPBUILD_IMAGE_PULL_GRACE_SECONDS": "image_pull_grace_seconds",
                    "EXPBUILD_RESYNC_SECONDS": "resync_seconds", "EXPBUILD_METRICS_PORT": "metrics_port",
-                   "EXPBUILD_AGENT_FALLBACK_SECONDS": "agent_fallback_seconds",
                    "EXPBUILD_AGENT_CHECK_SECONDS": "agent_check_seconds"}
         if env.get("POD_NAMESPACE", "").strip():
             values["agent_namespace"] = env["POD_NAMESPACE"].strip()

@@ -12,6 +12,9 @@ in annotations so that ``kubectl get lease -o yaml`` shows it:
     how many more tasks it would start now
 ``expbuild.io/seccomp-profiles``
     profiles installed in the kubelet's seccomp directory (only once the files exist)
+``expbuild.io/capacity``
+    what the node has for one task, ``cpu=<cores>,memory=<bytes>``: the operator places no task there
+    that asks for more (and the agent refuses one)
 
 A task is run by exactly one agent because running starts with creating its
 claim, a Lease named ``xt-claim-<task uid>`` in the task's namespace, owned by
@@ -37,6 +40,7 @@ EXECUTORS_ANNOTATION = "expbuild.io/executors"
 LEVELS_ANNOTATION = "expbuild.io/isolation-levels"
 FREE_SLOTS_ANNOTATION = "expbuild.io/free-slots"
 SECCOMP_ANNOTATION = "expbuild.io/seccomp-profiles"
+CAPACITY_ANNOTATION = "expbuild.io/capacity"
 DEFAULT_LEASE_SECONDS = 15
 
 
@@ -71,6 +75,16 @@ class AgentAdvert:
     seccomp_profiles: tuple[str, ...] = ()
     renew_time: datetime | None = None
     duration_seconds: int = DEFAULT_LEASE_SECONDS
+    cpu_cores: float | None = None      # the node's capacity for one task; None: not advertised
+    memory_bytes: int | None = None
+
+    def too_small_for(self, cpu_cores: float | None, memory_bytes: int | None) -> str:
+        """Why a task asking for this much does not fit this node ("" when it does, or when unknown)."""
+        if cpu_cores is not None and self.cpu_cores is not None and cpu_cores > self.cpu_cores:
+            return f"{self.node} has {self.cpu_cores:g} cores"
+        if memory_bytes is not None and self.memory_bytes is not None and memory_bytes > self.memory_bytes:
+            return f"{self.node} has {self.memory_bytes} bytes of memory"
+        return ""
 
     def level_of(self, backend: str) -> IsolationLevel | None:
         return self.levels.get(backend) if backend in self.executors else None
@@ -89,10 +103,30 @@ def render_agent_lease(advert: AgentAdvert, namespace: str, now: datetime) -> di
                      "annotations": {EXECUTORS_ANNOTATION: ",".join(advert.executors),
                                      LEVELS_ANNOTATION: levels,
                                      FREE_SLOTS_ANNOTATION: str(max(0, advert.free_slots)),
-                                     SECCOMP_ANNOTATION: ",".join(advert.seccomp_profiles)}},
+                                     SECCOMP_ANNOTATION: ",".join(advert.seccomp_profiles),
+                                     CAPACITY_ANNOTATION: _capacity(advert)}},
         "spec": {"holderIdentity": advert.holder or advert.node, "leaseDurationSeconds": advert.duration_seconds,
                  "renewTime": micro_time(now)},
     }
+
+
+def _capacity(advert: AgentAdvert) -> str:
+    parts = {"cpu": advert.cpu_cores, "memory": advert.memory_bytes}
+    return ",".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in parts.items() if value is not None)
+
+
+def _parse_capacity(value: str | None) -> tuple[float | None, int | None]:
+    pairs = dict(pair.partition("=")[::2] for pair in _split(value))
+    try:
+        cpu = float(pairs["cpu"]) if "cpu" in pairs else None
+    except ValueError:
+        cpu = 0.0  # unreadable: offers nothing rather than everything
+    try:
+        memory = int(pairs["memory"]) if "memory" in pairs else None
+    except ValueError:
+        memory = 0
+    return cpu, memory
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -122,10 +156,12 @@ def parse_agent_lease(lease: dict[str, Any]) -> AgentAdvert | None:
         duration = int(spec.get("leaseDurationSeconds") or DEFAULT_LEASE_SECONDS)
     except (TypeError, ValueError):
         duration = DEFAULT_LEASE_SECONDS
+    cpu, memory = _parse_capacity(annotations.get(CAPACITY_ANNOTATION))
     return AgentAdvert(node=name.removeprefix("expbuild-agent-"), holder=spec.get("holderIdentity") or "",
                        executors=_split(annotations.get(EXECUTORS_ANNOTATION)), levels=levels, free_slots=free,
                        seccomp_profiles=_split(annotations.get(SECCOMP_ANNOTATION)),
-                       renew_time=parse_time(spec.get("renewTime")), duration_seconds=duration)
+                       renew_time=parse_time(spec.get("renewTime")), duration_seconds=duration,
+                       cpu_cores=cpu, memory_bytes=memory)
 
 
 def lease_is_fresh(lease: dict[str, Any], now: datetime) -> bool:

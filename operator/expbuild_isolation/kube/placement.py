@@ -9,9 +9,15 @@
   error naming what was missing.
 - ``auto``: a Job, unless the task needs what only an agent can give
   (``spec.resources.pids``; ``spec.resources.disk`` when the operator treats
-  disk as a hard limit) or the Job path was refused or its pod stayed
-  unschedulable past ``agent_fallback_seconds``. Then an agent as above, or
-  an error naming the requirement and what no agent offers.
+  disk as a hard limit). Then an agent as above, or an error naming the
+  requirement and what no agent offers.
+
+What an agent could not fix is never sent to one: a Job the API server
+refused (an admission policy, a quota) or a pod the scheduler cannot place (no
+node has the cpu or memory) would only bypass that decision on a node agent.
+Those tasks end ``Error/Rejected`` or stay ``Unschedulable`` on the Job path,
+where the Job's deadline ends them. An agent is chosen only if its node can
+hold the task's cpu and memory (``AgentAdvert.capacity``).
 """
 
 from __future__ import annotations
@@ -49,8 +55,8 @@ def agent_only_requirements(task: ExecutionTask, config: OperatorConfig) -> list
     return needs
 
 
-def decide(task: ExecutionTask, agents: Sequence[AgentAdvert], *, job_refused: str | None = None,
-           unschedulable_for: float | None = None, config: OperatorConfig, now: datetime | None = None) -> Plan:
+def decide(task: ExecutionTask, agents: Sequence[AgentAdvert], *, config: OperatorConfig,
+           now: datetime | None = None) -> Plan:
     """The plan for ``task`` given the agents' adverts (only fresh ones count when ``now`` is given)."""
     if now is not None:
         agents = [agent for agent in agents if agent.is_fresh(now)]
@@ -62,11 +68,6 @@ def decide(task: ExecutionTask, agents: Sequence[AgentAdvert], *, job_refused: s
     if executor in AGENT_BACKENDS:
         return _on_agent(task, agents, executor, f"spec.isolation.executor is {executor}")
     needs = agent_only_requirements(task, config)
-    if job_refused:
-        needs.append(f"the Job path was refused ({job_refused})")
-    if unschedulable_for is not None and unschedulable_for >= config.agent_fallback_seconds:
-        needs.append(f"its pod stayed unschedulable for {unschedulable_for:.0f}s "
-                     f"(more than {config.agent_fallback_seconds:.0f}s)")
     if not needs:
         return Plan("job", reason="JobPath", message="auto: the Job path can serve this task")
     return _on_agent(task, agents, None, "; ".join(needs))
@@ -80,8 +81,13 @@ def _on_agent(task: ExecutionTask, agents: Sequence[AgentAdvert], backend: str |
                     message=f"{why}, but no node agent is alive to offer {wanted} (no fresh agent Lease)")
     choices: list[tuple[int, str, str, IsolationLevel]] = []
     seen: list[str] = []
-    below_floor = False
+    below_floor = too_small = False
     for agent in agents:
+        small = agent.too_small_for(task.spec.resources.cpu_cores, task.spec.resources.memory_bytes)
+        if small:
+            seen.append(small)
+            too_small = True
+            continue
         backends = [backend] if backend else list(agent.executors)
         offered = []
         for name in backends:
@@ -96,7 +102,12 @@ def _on_agent(task: ExecutionTask, agents: Sequence[AgentAdvert], backend: str |
         seen.append(f"{agent.node} offers {', '.join(offered)}" if offered
                     else f"{agent.node} has no healthy {backend or 'backend'}")
     if not choices:
-        reason = "IsolationUnavailable" if below_floor else "ExecutorUnavailable"
+        reason = ("IsolationUnavailable" if below_floor else "ExceedsNodeCapacity" if too_small
+                  else "ExecutorUnavailable")
+        if too_small:
+            res = task.spec.resources
+            asked = ", ".join(f"{key} {value}" for key, value in (("cpu", res.cpu), ("memory", res.memory)) if value)
+            wanted += f" with room for {asked}"
         return Plan("error", reason=reason,
                     message=f"{why}, but no fresh node agent offers {wanted} ({'; '.join(sorted(seen))})")
     _, node, name, level = min(choices)

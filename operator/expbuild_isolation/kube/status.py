@@ -14,6 +14,7 @@ from typing import Any
 from ..api.task import ExecutionTask, IsolationLevel, Phase
 from .render import PREPARE_CONTAINER, TASK_CONTAINER
 from .results import parse_termination_message
+from .supervisor import supervised_outputs
 
 TIMEOUT_EXIT_CODE = 124
 PULL_ERRORS = frozenset({"ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "RegistryUnavailable",
@@ -140,6 +141,17 @@ def status_from(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, 
     return _progress(task, job, pod, now, Phase.SCHEDULED, "JobCreated", "", node, wanted)
 
 
+def _outputs_run(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any] | None) -> list[str]:
+    """The output paths of the run: from the task container's command (pod, else Job), else the spec."""
+    for owner in (pod, ((job or {}).get("spec") or {}).get("template")):
+        for container in ((owner or {}).get("spec") or {}).get("containers") or []:
+            if container.get("name") == TASK_CONTAINER:
+                paths = supervised_outputs(list(container.get("command") or []))
+                if paths is not None:
+                    return paths
+    return list(task.spec.outputs.paths)
+
+
 def _common(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any] | None) -> dict[str, Any]:
     patch: dict[str, Any] = {"executor": "job", "isolationLevel": _isolation(job, pod)}
     if task.metadata.generation is not None:
@@ -180,7 +192,7 @@ def _finish(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any]
     if start is not None:
         patch["startTime"] = timestamp(start)
         patch["durationSeconds"] = round(max(0.0, (end - start).total_seconds()), 3)
-    report = parse_termination_message(terminated.get("message"), task.spec.outputs.paths)
+    report = parse_termination_message(terminated.get("message"), _outputs_run(task, job, pod))
     if report is not None:
         patch["outputs"] = report.outputs
         if report.stats():

@@ -34,6 +34,19 @@ def supervised_command(argv: list[str], outputs: list[str], *, busybox: str = BU
             cgroup_root, workspace, str(len(argv)), *argv, *outputs]
 
 
+def supervised_outputs(command: list[str]) -> list[str] | None:
+    """The output paths a ``supervised_command`` digests (None when ``command`` is not one).
+
+    The status attributes the supervisor's digests, reported by index, to these: the paths the run really
+    used, whatever the task's spec says now.
+    """
+    head = 10  # busybox sh -c SCRIPT expbuild-supervisor busybox termination_log cgroup_root workspace N
+    if len(command) < head or command[4] != "expbuild-supervisor" or not command[head - 1].isdigit():
+        return None
+    argc = int(command[head - 1])
+    return list(command[head + argc:]) if len(command) >= head + argc else None
+
+
 def prepare_command(busybox: str, copies: list[list[str]], *, working_dir: str = "",
                     workspace: str = WORKSPACE) -> list[str]:
     """The init container's command: install the busybox, place inputs, create the working dir.

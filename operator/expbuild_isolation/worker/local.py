@@ -2,12 +2,12 @@
 
 Task -> ExecutionRequest -> the first qualifying executor -> ExecutionResult ->
 the same ExecutionTaskStatus a cluster would write. Nothing here knows about
-Kubernetes; a ConfigMap input is read from ``<name>.yaml`` next to the task.
+Kubernetes; a ConfigMap input is read from ``<name>.yaml`` next to the task
+(``worker.config_maps``).
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from ..api.task import ExecutionTask, ExecutionTaskStatus, LogTails, OutputRecord, Phase, TaskStats
+from ..api.task import ExecutionTask, ExecutionTaskStatus, IsolationLevel, LogTails, OutputRecord, Phase, TaskStats
 from ..executors.base import (
     ExecutionRequest, ExecutionResult, ExecutorUnavailable, IsolationUnavailable, NetworkPolicy, ResourceLimits,
     TaskExecutor, TerminationReason,
@@ -25,6 +25,7 @@ from ..executors.base import (
 from ..executors.select import select_executor
 from ..executors.workspace import InputBlob, WorkspaceError, create_workspace, place_inputs, remove_workspace
 from .config import WorkerConfig, describe_validation_error
+from .config_maps import ConfigMapError, ConfigMapLookup, blobs_of, read_beside
 
 LOG_TAIL_CHARS = 2048
 
@@ -65,8 +66,8 @@ def describe_task_error(exc: ValidationError) -> str:
     return describe_validation_error(exc, unknown="unknown field", self_named=("spec.", "metadata."))
 
 
-def input_blobs(task: ExecutionTask, base_dir: Path) -> list[InputBlob]:
-    """Inline inputs as they are; a ConfigMap input from ``<base_dir>/<name>.yaml`` (data and binaryData)."""
+def input_blobs(task: ExecutionTask, config_maps: ConfigMapLookup) -> list[InputBlob]:
+    """Inline inputs as they are; a ConfigMap input's keys (data and binaryData) from ``config_maps(name)``."""
     blobs: list[InputBlob] = []
     for item in task.spec.inputs:
         if item.content is not None:
@@ -74,26 +75,18 @@ def input_blobs(task: ExecutionTask, base_dir: Path) -> list[InputBlob]:
             continue
         assert item.config_map is not None
         name = item.config_map.name
-        source = base_dir / f"{name}.yaml"
         try:
-            config_map = yaml.safe_load(source.read_text()) or {}
-        except FileNotFoundError:
-            raise InvalidTask(f"spec.inputs[{item.path!r}].configMap {name!r}: no ConfigMap file {source} "
-                              f"(locally a ConfigMap is read from <name>.yaml next to the task)") from None
-        except yaml.YAMLError as exc:
-            raise InvalidTask(f"{source}: not valid YAML: {exc}") from None
-        if not isinstance(config_map, dict) or config_map.get("kind") != "ConfigMap":
-            raise InvalidTask(f"{source}: is not a ConfigMap manifest")
-        prefix = "" if item.path == "." else item.path + "/"
-        for key, value in (config_map.get("data") or {}).items():
-            blobs.append(InputBlob(prefix + key, str(value).encode()))
-        for key, value in (config_map.get("binaryData") or {}).items():
-            blobs.append(InputBlob(prefix + key, base64.b64decode(value)))
+            blobs += blobs_of(config_maps(name), name, item.path)
+        except ConfigMapError as exc:
+            raise InvalidTask(f"spec.inputs[{item.path!r}].configMap: {exc}") from None
     return blobs
 
 
-def request_for(task: ExecutionTask, workspace: Path, *, log_limit_bytes: int | None = None) -> ExecutionRequest:
+def request_for(task: ExecutionTask, workspace: Path, *, log_limit_bytes: int | None = None,
+                floor: IsolationLevel | None = None) -> ExecutionRequest:
+    """The executor's view of ``task``; ``floor`` raises (never lowers) the isolation minimum."""
     spec = task.spec
+    minimum = spec.isolation.minimum if floor is None else max(spec.isolation.minimum, floor)
     limits = ResourceLimits(
         cpu_cores=spec.resources.cpu_cores, memory_bytes=spec.resources.memory_bytes,
         disk_bytes=spec.resources.disk_bytes, max_processes=spec.resources.pids,
@@ -103,7 +96,7 @@ def request_for(task: ExecutionTask, workspace: Path, *, log_limit_bytes: int | 
         task_id=_task_id(task), argv=tuple(spec.command), workspace=workspace,
         env={var.name: var.value for var in spec.env}, working_dir=spec.working_dir,
         output_paths=tuple(spec.outputs.paths), limits=limits, timeout_seconds=spec.timeout_seconds,
-        image=spec.image, minimum_isolation=spec.isolation.minimum, seccomp_profile=spec.isolation.seccomp_profile,
+        image=spec.image, minimum_isolation=minimum, seccomp_profile=spec.isolation.seccomp_profile,
         read_only_root=spec.isolation.read_only_root_filesystem, run_as_user=spec.isolation.run_as_user, **extra)
 
 
@@ -154,16 +147,18 @@ def error_status(reason: str, message: str, *, executor: str = "", node: str | N
 
 
 async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: WorkerConfig, *,
-                   base_dir: Path = Path("."), on_selected=None,  # type: ignore[no-untyped-def]
+                   base_dir: Path = Path("."), config_maps: ConfigMapLookup | None = None,
+                   floor: IsolationLevel | None = None, on_selected=None,  # type: ignore[no-untyped-def]
                    node: str | None = None) -> ExecutionTaskStatus:
     """Run ``task`` through the first executor in ``chain`` that qualifies; never raises for task problems.
 
-    ``node`` is what the status reports as the node (default: this host's name; the node agent passes
-    its Kubernetes node name).
+    ConfigMap inputs come from ``config_maps`` (the node agent's, fetched from the task's namespace), else
+    from ``<name>.yaml`` files in ``base_dir``. ``node`` is what the status reports as the node (default:
+    this host's name; the node agent passes its Kubernetes node name).
     """
     node = node or socket.gethostname()
     try:
-        blobs = input_blobs(task, base_dir)
+        blobs = input_blobs(task, config_maps or read_beside(base_dir))
     except InvalidTask as exc:
         return error_status("InvalidTask", str(exc), node=node)
     try:
@@ -176,11 +171,14 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
             place_inputs(workspace, blobs)
         except (WorkspaceError, OSError) as exc:
             return error_status("InvalidTask", f"spec.inputs: {exc}", node=node)
-        request = request_for(task, workspace)
+        request = request_for(task, workspace, floor=floor)
         try:
             executor = await select_executor(chain, request)
         except IsolationUnavailable as exc:
-            return error_status("IsolationUnavailable", str(exc), node=node)
+            asked = task.spec.isolation.minimum
+            raised = (f" (spec.isolation.minimum {asked.value} is raised to {request.minimum_isolation.value} here)"
+                      if request.minimum_isolation is not asked else "")
+            return error_status("IsolationUnavailable", f"{exc}{raised}", node=node)
         if on_selected is not None:
             on_selected(executor)
         started = datetime.now(timezone.utc)
