@@ -21,7 +21,12 @@ What it does (``agent.node.NodeAgent``):
   ``expbuild-isolation run``, so the status has the same shape as a local or
   Job run, with ``node`` = this node and ``executor`` = the backend that ran it.
   The executor's floor check (``executors.select``) never goes below
-  ``spec.isolation.minimum``;
+  ``spec.isolation.minimum``. Before running, ``agent.admission`` checks the
+  task is what the operator placed here (``status.node``, the generation it
+  placed) and within what the administrator allows: no host executor without
+  ``--allow-host-executor``; Unconfined and floors below Container only for
+  ``--weak-isolation-namespace``; no more cpu or memory than the node has.
+  ConfigMap inputs are fetched from the task's own namespace into memory;
 - patches the status (Running, then the final phase with reason, exitCode,
   stats, outputs, logs) and posts Events;
 - on start, ends tasks it had claimed that are still unfinished with reason
