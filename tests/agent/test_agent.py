@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
 
 from expbuild_isolation import metrics
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
@@ -58,9 +61,23 @@ def job_run_status_keys() -> set[str]:
     return set(status_from(task, job, pod, datetime.now(timezone.utc))) | {"logs"}
 
 
+@pytest.fixture
+def planted_token():
+    """A fake ServiceAccount token where the agent's own would be mounted, so 'absent inside' can fail."""
+    token = Path(SECRETS) / "token"
+    made = [p for p in [*reversed(token.parents), token] if not p.exists() and str(p).startswith("/var/run/")]
+    token.parent.mkdir(parents=True, exist_ok=True)
+    if not token.exists():
+        token.write_text("FAKE-AGENT-TOKEN")
+    assert token.read_text()  # the positive control: readable here, on the host
+    yield token
+    for path in reversed(made):
+        (path.unlink if path == token else path.rmdir)()
+
+
 @needs_root
 async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, operator, kmock, worker_config,
-                                                                         counting, tmp_path):
+                                                                         counting, tmp_path, planted_token):
     seccomp = tmp_path / "seccomp"
     async with running_agent(kmock, worker_config, "n1", counting=counting, seccomp_dir=seccomp):
         lease = await eventually(lambda: api.get(f"{LEASES}/expbuild-agent-n1"), what="the agent's Lease")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,19 +13,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .. import audit, metrics
+from .. import metrics
 from ..api.task import ExecutionTask, Phase
 from ..executors.base import ExecutorUnavailable, TaskExecutor
 from ..kube.leases import (
     NODE_LABEL, AgentAdvert, claim_holder, label_value, render_agent_lease, render_claim,
 )
-from ..kube.status import parse_time, task_conditions, timestamp
+from ..kube.status import task_conditions, timestamp
 from ..worker.chain import build_chain
 from ..worker.config import WorkerConfig
 from ..worker.config_maps import ConfigMapError
 from ..worker.local import LOG_TAIL_CHARS, describe_task_error, run_task
 from .admission import AgentPolicy, NodeCapacity, Refusal, floor, refusal, runnable
-from .api import AgentApi, ApiError, config_map_path, events_path, leases_path, tasks_path
+from .api import AgentApi, ApiError, config_map_path, leases_path, tasks_path
+from .report import Reporter
 
 LOG = logging.getLogger("expbuild.agent")
 DEFAULT_SECCOMP_DIR = Path("/var/lib/kubelet/seccomp/profiles")
@@ -88,7 +88,7 @@ class NodeAgent:
         self.healthy: list[str] = []
         self.seccomp_profiles: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}  # task uid -> its run
-        self.reported: set[str] = set()  # uids whose final status this agent has written (not to be cancelled)
+        self.report = Reporter(api, settings.node, settings.identity)
         self._starved = False  # a placed task waited for a slot: relist as soon as one frees
         self._resync_now = asyncio.Event()
         self.last_renewal: datetime | None = None
@@ -250,7 +250,7 @@ class NodeAgent:
                 continue
             message = (f"the node agent {self.settings.identity} on {self.settings.node} restarted while the task "
                        f"was {task.status.phase.value}; it is not run again (it may have had side effects)")
-            await self._finish(task, body, {"phase": Phase.ERROR.value, "reason": "AgentRestarted",
+            await self.report.finish(task, body, {"phase": Phase.ERROR.value, "reason": "AgentRestarted",
                                             "message": message, "node": self.settings.node,
                                             "completionTime": timestamp(now())}, warning=True)
 
@@ -284,7 +284,7 @@ class NodeAgent:
         uid = task.metadata.uid
         run = self.running.get(uid)
         if run is not None:
-            if (task.spec.cancel or task.status.phase.finished) and uid not in self.reported:
+            if (task.spec.cancel or task.status.phase.finished) and uid not in self.report.reported:
                 run.cancel()  # ended by the operator (Cancelled, AgentLost): stop the processes
             return
         if task.status.phase is not Phase.SCHEDULED or task.spec.cancel or task.status.node != self.settings.node:
@@ -303,22 +303,12 @@ class NodeAgent:
                 or uid in self.running or not meta.get("namespace") or not meta.get("name"):
             return
         message = f"the task is not a valid ExecutionTask: {describe_task_error(exc)}"[:1024]
-        self.running[uid] = asyncio.create_task(self._end_invalid(body, message), name=f"invalid-{uid}")
+        self.running[uid] = asyncio.create_task(self.report.end_invalid(body, message), name=f"invalid-{uid}")
         self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
-
-    async def _end_invalid(self, body: dict[str, Any], message: str) -> None:
-        meta = body["metadata"]
-        try:
-            await self.api.merge_patch(tasks_path(meta["namespace"], meta["name"]) + "/status", {"status": {
-                "phase": Phase.ERROR.value, "reason": "InvalidTask", "message": message, "node": self.settings.node,
-                "completionTime": timestamp(now())}})
-            await self._event(body, "Warning", "InvalidTask", message)
-        except (ApiError, ValueError) as exc:
-            LOG.warning("cannot end the invalid task %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
 
     def _done(self, uid: str) -> None:
         self.running.pop(uid, None)
-        self.reported.discard(uid)
+        self.report.reported.discard(uid)
         if self._starved:  # a task is waiting for this slot: do not leave it to the next resync
             self._starved = False
             self._resync_now.set()
@@ -343,7 +333,7 @@ class NodeAgent:
             raise  # a cancelled task (operator wrote Cancelled) or a stopping agent (recover() ends it next start)
         except Exception as exc:
             LOG.exception("running %s failed", task.key)
-            await self._finish(task, body, {"phase": Phase.ERROR.value, "reason": "AgentFailed",
+            await self.report.finish(task, body, {"phase": Phase.ERROR.value, "reason": "AgentFailed",
                                             "message": f"the node agent failed to run the task: {exc}",
                                             "node": self.settings.node, "completionTime": timestamp(now())},
                                warning=True)
@@ -358,7 +348,7 @@ class NodeAgent:
                      "observedGeneration": task.metadata.generation,
                      "conditions": task_conditions(task, [("Scheduled", "True", "", ""), ("Started", "True", "", "")],
                                                    now())}
-            started.append(asyncio.create_task(self._started(task, body, patch)))
+            started.append(asyncio.create_task(self.report.started(task, body, patch)))
 
         try:
             config_maps = await self._fetch_config_maps(task)
@@ -374,17 +364,7 @@ class NodeAgent:
             await started[0]
         patch = status.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"conditions"})
         patch["observedGeneration"] = task.metadata.generation
-        await self._finish(task, body, patch, warning=status.phase is not Phase.SUCCEEDED)
-
-    async def _started(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any]) -> None:
-        await self._patch_status(task, patch)
-        await self._event(body, "Normal", "Started",
-                          f"running on node {self.settings.node} with {patch['executor']} "
-                          f"({patch['isolationLevel']} isolation)")
-        audit.emit(audit.audit_record(task, "start", executor=patch["executor"], isolation=patch["isolationLevel"]))
-        metrics.TASKS_RUNNING.labels(executor=patch["executor"]).inc()
-        created = parse_time(body.get("metadata", {}).get("creationTimestamp"))
-        metrics.task_started(patch["executor"], (now() - created).total_seconds() if created else None)
+        await self.report.finish(task, body, patch, warning=status.phase is not Phase.SUCCEEDED)
 
     async def _fetch_config_maps(self, task: ExecutionTask) -> dict[str, dict[str, Any]]:
         """The task's ConfigMap inputs, from the task's own namespace only; nothing is written to disk."""
@@ -402,51 +382,6 @@ class NodeAgent:
 
     async def _refuse(self, task: ExecutionTask, body: dict[str, Any], refused: Refusal) -> None:
         LOG.warning("refusing %s: %s", task.key, refused.message)
-        await self._finish(task, body, {"phase": Phase.ERROR.value, "reason": refused.reason,
+        await self.report.finish(task, body, {"phase": Phase.ERROR.value, "reason": refused.reason,
                                         "message": refused.message, "node": self.settings.node,
                                         "completionTime": timestamp(now())}, warning=True)
-
-    async def _finish(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any], *,
-                      warning: bool) -> None:
-        fresh = await self.api.get(tasks_path(task.metadata.namespace, task.metadata.name))
-        if fresh is None or ExecutionTask.model_validate(fresh).status.phase.finished:
-            return  # deleted, or ended by the operator (Cancelled, AgentLost) meanwhile: its word stands
-        current = ExecutionTask.model_validate(fresh).status
-        finished = ("Finished", "True", patch.get("reason", ""), patch.get("message", ""))
-        patch.setdefault("conditions", task_conditions(ExecutionTask.model_validate(fresh),
-                                                       [("Scheduled", "True", "", ""), finished], now()))
-        self.reported.add(task.metadata.uid)
-        await self._patch_status(task, patch)
-        message = patch.get("message") or f"{current.phase.value} -> {patch['phase']}"
-        if "exitCode" in patch:
-            message = f"exit code {patch['exitCode']}; {message}"
-        await self._event(body, "Warning" if warning else "Normal", patch.get("reason") or patch["phase"], message)
-        executor = patch.get("executor") or current.executor or "agent"
-        if current.phase is Phase.RUNNING or "startTime" in patch:
-            metrics.TASKS_RUNNING.labels(executor=executor).dec()
-        metrics.task_finished(patch["phase"], executor, patch.get("durationSeconds"))
-        outcome = {key: patch[key] for key in ("phase", "reason", "message", "exitCode", "durationSeconds", "node")
-                   if key in patch}
-        audit.emit(audit.audit_record(task, "end", executor=executor, isolation=patch.get("isolationLevel") or "",
-                                      outcome=outcome))
-
-    async def _patch_status(self, task: ExecutionTask, patch: dict[str, Any]) -> None:
-        await self.api.merge_patch(tasks_path(task.metadata.namespace, task.metadata.name) + "/status",
-                                   {"status": patch})
-
-    async def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        meta = body.get("metadata") or {}
-        at = timestamp(now())
-        namespace = meta.get("namespace")
-        event = {"apiVersion": "v1", "kind": "Event",
-                 "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
-                 "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                                    "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid")},
-                 "type": kind, "reason": reason, "message": message[:1024], "count": 1,
-                 "firstTimestamp": at, "lastTimestamp": at,
-                 "source": {"component": "expbuild-agent", "host": self.settings.node},
-                 "reportingComponent": "expbuild.io/agent", "reportingInstance": self.settings.identity}
-        try:
-            await self.api.create(events_path(namespace), event)
-        except ApiError as exc:  # Events are a convenience; the status is the record
-            LOG.warning("no event for %s: %s", meta.get("name"), exc)
