@@ -13,7 +13,7 @@ from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
 from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
 from expbuild_isolation.kube.status import status_from
 from tests.controller.conftest import TASKS, eventually, task_body
-from tests.controller.test_operator import pod_body
+from tests.controller.test_operator import job_pod, pod_body
 
 from .conftest import AGENTS_NS, CLAIMS, LEASES, needs_root, running_agent
 
@@ -213,7 +213,7 @@ async def test_an_unschedulable_task_stays_on_the_job_path_even_with_an_agent_al
     await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
     await api.create(TASKS, task_body("stuck", resources={"cpu": "10000", "memory": "100Ti"}))
     await eventually(lambda: api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck"), what="the Job")
-    pod = pod_body("stuck", {"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
+    pod = await job_pod(api, "stuck", {"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
     pod["spec"].pop("nodeName")
     pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                     "message": "0/3 nodes are available: 3 Insufficient cpu.",

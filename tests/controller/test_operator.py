@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from .conftest import CONFIGMAPS, JOBS, NETPOLS, PODS, TASKS, eventually, task_body
 
 
@@ -15,10 +17,13 @@ async def test_a_new_task_gets_its_job_policy_and_inputs(api, operator):
     assert task["status"]["executor"] == "job" and task["status"]["isolationLevel"] == "Container"
 
 
-def pod_body(task_name: str, state: dict, phase: str = "Running") -> dict:
+def pod_body(task_name: str, state: dict, phase: str = "Running", *, job_uid: str | None = None) -> dict:
+    """A pod of the task's Job as the kubelet reports it; without ``job_uid`` it is one nobody's Job owns."""
+    owners = [{"apiVersion": "batch/v1", "kind": "Job", "name": f"xt-{task_name}", "uid": job_uid,
+               "controller": True, "blockOwnerDeletion": True}] if job_uid else []
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": f"xt-{task_name}-abcde", "namespace": "ci", "resourceVersion": "1",
-                         "creationTimestamp": "2025-03-01T12:00:01Z",
+                         "creationTimestamp": "2025-03-01T12:00:01Z", "ownerReferences": owners,
                          "labels": {"expbuild.io/task": task_name, "app.kubernetes.io/managed-by": "expbuild-isolation",
                                     "batch.kubernetes.io/job-name": f"xt-{task_name}"},
                          "annotations": {"expbuild.io/task-name": task_name}},
@@ -26,6 +31,18 @@ def pod_body(task_name: str, state: dict, phase: str = "Running") -> dict:
             "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"}],
                        "initContainerStatuses": [{"name": "prepare", "state": {"terminated": {"exitCode": 0}}}],
                        "containerStatuses": [{"name": "task", "state": state}]}}
+
+
+async def job_pod(api, task_name: str, state: dict, phase: str = "Running") -> dict:
+    """Play the Job controller: the pod its Job creates, controlled by the Job's uid.
+
+    KMock assigns no uids; the API server gives every object one, so the Job gets one here first.
+    """
+    job = await eventually(lambda: api.get(f"{JOBS}/xt-{task_name}"), what=f"the Job of {task_name}")
+    uid = job["metadata"].get("uid") or f"job-uid-{task_name}"
+    if not job["metadata"].get("uid"):
+        await api.patch(f"{JOBS}/xt-{task_name}", {"metadata": {"uid": uid}})
+    return pod_body(task_name, state, phase, job_uid=uid)
 
 
 async def kubelet_completes(api, task_name: str, report: str) -> None:
@@ -41,7 +58,7 @@ async def kubelet_completes(api, task_name: str, report: str) -> None:
 async def test_the_task_follows_its_pod_and_job_to_success(api, operator):
     await api.create(TASKS, task_body("follow", outputs={"paths": ["out/app"]}))
     await eventually(lambda: _phase(api, "follow", "Scheduled"), what="Scheduled")
-    await api.create(PODS, pod_body("follow", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    await api.create(PODS, await job_pod(api, "follow", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
     running = await eventually(lambda: _phase(api, "follow", "Running"), what="Running")
     assert running["status"]["node"] == "worker-3"
     report = '{"v":1,"exit":0,"cg":2,"cpu_us":500000,"mem":1048576,"trunc":0,"out":[[0,"%s",3,0]]}' % ("c" * 64)
@@ -127,3 +144,21 @@ async def _events_for(api, name):
 async def _event_reasons(api, name, wanted):
     reasons = {e.get("reason") for e in await _events_for(api, name)}
     return reasons if wanted <= reasons else None
+
+
+async def test_a_pod_the_tasks_job_does_not_control_cannot_speak_for_the_task(api, operator):
+    # Anyone who may create pods in the namespace can copy a task's labels; only the Job's own pod counts.
+    await api.create(TASKS, task_body("forged", outputs={"paths": ["out/app"]}))
+    await eventually(lambda: _phase(api, "forged", "Scheduled"), what="Scheduled")
+    report = '{"v":1,"exit":0,"cg":2,"cpu_us":1,"mem":1,"trunc":0,"out":[[0,"%s",3,0]]}' % ("f" * 64)
+    fake = {"terminated": {"exitCode": 0, "reason": "Completed", "message": report,
+                           "startedAt": "2025-03-01T12:00:02Z", "finishedAt": "2025-03-01T12:00:05Z"}}
+    await api.create(PODS, pod_body("forged", fake, phase="Succeeded"))  # labelled, but owned by no Job
+    await api.patch(f"{TASKS}/forged", {"metadata": {"annotations": {"poke": "1"}}})  # an event to react to
+    await asyncio.sleep(1.0)
+    task = await api.get(f"{TASKS}/forged")
+    assert task["status"]["phase"] == "Scheduled" and not task["status"].get("outputs")
+    # The positive control: the Job's own pod is followed.
+    await api.delete(f"{PODS}/xt-forged-abcde")
+    await api.create(PODS, await job_pod(api, "forged", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    await eventually(lambda: _phase(api, "forged", "Running"), what="Running from the Job's own pod")

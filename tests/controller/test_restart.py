@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from .conftest import JOBS, PODS, TASKS, eventually, running_operator, task_body
-from .test_operator import _phase, pod_body
+from .test_operator import _phase, job_pod
 
 
 async def test_a_restarted_operator_adopts_instead_of_duplicating(kmock, api, operator_config):
@@ -9,7 +9,7 @@ async def test_a_restarted_operator_adopts_instead_of_duplicating(kmock, api, op
         await api.create(TASKS, task_body("survivor"))
         await eventually(lambda: _phase(api, "survivor", "Scheduled"), what="Scheduled")
     # While the operator is down, the pod starts and another task arrives.
-    await api.create(PODS, pod_body("survivor", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    await api.create(PODS, await job_pod(api, "survivor", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
     await api.create(TASKS, task_body("latecomer"))
     async with running_operator(kmock, operator_config):
         await eventually(lambda: _phase(api, "survivor", "Running"), what="Running after the restart")

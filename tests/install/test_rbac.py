@@ -42,7 +42,7 @@ from tests.controller.conftest import (
     ALL_VERBS, CONFIGMAPS, JOBS, NETPOLS, NS, PODS, TASKS, Api, declare_resources, eventually, running_operator,
     task_body,
 )
-from tests.controller.test_operator import kubelet_completes, pod_body
+from tests.controller.test_operator import job_pod, kubelet_completes
 
 from .chart import HELM, NO_HELM, render_chart
 from .rbac import Authorizer, Permission, permission_of
@@ -134,7 +134,7 @@ async def runs_to_success(api: Api) -> None:
     await api.create(TASKS, task_body("hello", outputs={"paths": ["out/app"]}, inputs=[
         {"path": "a.txt", "content": "A"}, {"path": "cfg", "configMap": {"name": "settings"}}]))
     await job_of(api, "hello")
-    await api.create(PODS, pod_body("hello", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    await api.create(PODS, await job_pod(api, "hello", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
     await phase(api, "hello", "Running")
     report = '{"v":1,"exit":0,"cg":2,"cpu_us":5,"mem":1,"trunc":0,"out":[[0,"%s",3,0]]}' % ("c" * 64)
     await kubelet_completes(api, "hello", report)
@@ -146,7 +146,7 @@ async def fails(api: Api) -> None:
     await job_of(api, "fails")
     done = {"terminated": {"exitCode": 3, "reason": "Error", "startedAt": "2025-03-01T12:00:02Z",
                            "finishedAt": "2025-03-01T12:00:05Z"}}
-    await api.create(PODS, pod_body("fails", done, phase="Failed"))
+    await api.create(PODS, await job_pod(api, "fails", done, phase="Failed"))
     await api.patch(f"{JOBS}/xt-fails", {"status": {"failed": 1, "conditions": [
         {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}})
     await phase(api, "fails", "Failed")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from expbuild_isolation.api.task import IsolationLevel
 from expbuild_isolation.kube import render
 from expbuild_isolation.kube.config import OperatorConfig
 from expbuild_isolation.kube.errors import ImageNotAllowed, IsolationUnavailable, RenderError
@@ -110,6 +111,28 @@ def test_vm_level_uses_the_tasks_or_the_operators_runtime_class():
     gvisor = make_task(isolation={"runtimeClassName": "gvisor"})
     assert render.render_pod_spec(gvisor, OperatorConfig())["runtimeClassName"] == "gvisor"
     assert "runtimeClassName" not in render.render_pod_spec(make_task(), OperatorConfig(vm_runtime_class="kata"))
+
+
+def test_only_a_trusted_runtime_class_counts_as_vm():
+    gpu = make_task(isolation={"runtimeClassName": "nvidia"})
+    assert render.isolation_level(gpu, OperatorConfig(vm_runtime_class="kata")) is IsolationLevel.CONTAINER
+    assert render.isolation_level(gpu, OperatorConfig(vm_runtime_classes=["nvidia"])) is IsolationLevel.VM
+    wants_vm = make_task(isolation={"minimum": "VM", "runtimeClassName": "nvidia"})
+    with pytest.raises(IsolationUnavailable, match="'nvidia' is not a RuntimeClass this cluster counts as VM"):
+        render.objects_for(wants_vm, OperatorConfig(vm_runtime_class="kata"))
+    trusted = OperatorConfig.from_env({"EXPBUILD_VM_RUNTIME_CLASS": "kata", "EXPBUILD_VM_RUNTIME_CLASSES": "gvisor, x"})
+    assert trusted.trusted_vm_runtime_classes == {"kata", "gvisor", "x"}
+
+
+def test_the_task_cannot_replace_the_supervisor_and_is_killed_soon_after_its_deadline(config):
+    pod = render.render_pod_spec(make_task(), config)
+    (main,) = pod["containers"]
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    assert mounts["tools"]["readOnly"] is True  # the busybox that digests the outputs
+    assert mounts["workspace"].get("readOnly") is not True
+    prepare = {m["name"]: m for m in pod["initContainers"][0]["volumeMounts"]}
+    assert prepare["tools"].get("readOnly") is not True  # where the busybox is installed
+    assert pod["terminationGracePeriodSeconds"] == 5
 
 
 def test_images_outside_the_allow_list_are_refused():

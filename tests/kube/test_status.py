@@ -68,7 +68,8 @@ def test_a_zero_exit_succeeds_with_outputs_and_stats():
     assert patch["durationSeconds"] == 2.0 and patch["observedGeneration"] == 1
     assert patch["stats"] == {"cpuTimeSeconds": 1.2, "peakMemoryBytes": 31000000}
     assert patch["outputs"] == [{"path": "out/app", "sha256": "b" * 64, "sizeBytes": 1234, "executable": True}]
-    assert {"type": "Finished", "status": "True", "reason": "Completed"}.items() <= patch["conditions"][-1].items()
+    finished = {c["type"]: c for c in patch["conditions"]}["Finished"]
+    assert {"type": "Finished", "status": "True", "reason": "Completed"}.items() <= finished.items()
     assert ExecutionTaskStatus.model_validate(patch).outputs[0].size_bytes == 1234  # the patch fits the API
 
 
@@ -168,10 +169,40 @@ def test_a_failed_prepare_step_is_an_error_not_the_users_failure():
     assert (patch["phase"], patch["reason"]) == ("Error", "PrepareFailed") and "cp: can't stat" in patch["message"]
 
 
-def test_vm_isolation_is_reported_when_the_pod_has_a_runtime_class():
+def test_vm_isolation_is_reported_only_for_a_runtime_class_trusted_as_a_vm():
     task = make_task(isolation={"minimum": "VM"})
-    patch = status.status_from(task, job(task, runtime_class=True), None, NOW)
+    patch = status.status_from(task, job(task, runtime_class=True), None, NOW, trusted_vm=frozenset({"kata"}))
     assert patch["isolationLevel"] == "VM" and patch["phase"] == "Scheduled"
+    # a RuntimeClass the operator does not trust as a VM (a GPU runtime, say) is Container
+    patch = status.status_from(task, job(task, runtime_class=True), None, NOW, trusted_vm=frozenset({"gvisor"}))
+    assert patch["isolationLevel"] == "Container"
+
+
+def test_a_kill_after_the_deadline_is_a_timeout_whichever_event_comes_first():
+    task = make_task(timeout="5s", status={"phase": "Running"})
+    # The pod's termination arrives before the Job's DeadlineExceeded condition (seen on a real cluster).
+    killed = terminated(143, reason="Error", started=T0, finished="2025-03-01T12:00:05.5Z")
+    patch = status.status_from(task, job(task), pod(phase="Failed", init=INIT_DONE, main=killed), NOW)
+    assert (patch["phase"], patch["reason"], patch["exitCode"]) == ("TimedOut", "DeadlineExceeded", 124)
+    # the same signal well before the deadline is the command's own failure
+    early = terminated(143, reason="Error", started=T0, finished="2025-03-01T12:00:02.5Z")
+    patch = status.status_from(task, job(task), pod(phase="Failed", init=INIT_DONE, main=early), NOW)
+    assert (patch["phase"], patch["exitCode"]) == ("Failed", 143)
+    # a clean exit at the deadline is a success
+    done = terminated(0, started=T0, finished="2025-03-01T12:00:05.5Z")
+    assert status.status_from(task, job(task), pod(phase="Succeeded", init=INIT_DONE, main=done), NOW)["phase"] == \
+        "Succeeded"
+
+
+def test_outputs_and_stats_are_marked_as_the_pods_own_claims():
+    task = make_task(outputs={"paths": ["out/app"]}, status={"phase": "Running"})
+    report = json.dumps({"v": 1, "exit": 0, "cg": 2, "cpu_us": 1, "mem": 1, "trunc": 0, "out": [[0, "b" * 64, 1, 0]]})
+    patch = status.status_from(task, job(task, conditions=[("Complete", "", "")], succeeded=1),
+                               pod(phase="Succeeded", init=INIT_DONE, main=terminated(0, message=report)), NOW)
+    marked = {c["type"]: c for c in patch["conditions"]}["SelfReported"]
+    assert marked["status"] == "True" and "status.outputs and status.stats" in marked["message"]
+    without = status.status_from(task, job(task), pod(phase="Succeeded", init=INIT_DONE, main=terminated(0)), NOW)
+    assert "SelfReported" not in {c["type"] for c in without["conditions"]}
 
 
 def test_finished_phases_are_sticky():
@@ -197,8 +228,10 @@ def test_missing_and_truncated_outputs_are_explained():
     report = json.dumps({"v": 1, "exit": 0, "cg": 0, "cpu_us": None, "mem": None, "trunc": 1, "out": [[0, None, 0, 0]]})
     patch = status.status_from(task, job(task), pod(phase="Succeeded", init=INIT_DONE, main=terminated(0, message=report)),
                                NOW)
-    assert "outputs not produced: a" in patch["message"] and "truncated" in patch["message"]
+    assert "declared outputs missing or not regular files: a" in patch["message"] and "truncated" in patch["message"]
     assert "stats" not in patch
+    # the same semantics as every local backend: exit 0 without a declared output is not a success
+    assert (patch["phase"], patch["reason"], patch["exitCode"]) == ("Failed", "OutputMissing", 0)
 
 
 def test_outputs_are_attributed_to_the_paths_the_run_used_not_to_a_changed_spec():

@@ -162,13 +162,18 @@ class Cluster:
         return [item for item in listing.get("items") or []
                 if label in ((item.get("metadata") or {}).get("labels") or {})]
 
-    async def pod_for_task(self, namespace: str, task_name: str) -> dict[str, Any] | None:
-        """The newest pod of the task's Job (there is at most one with backoffLimit 0)."""
+    async def pod_for_task(self, namespace: str, task_name: str, job: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The newest pod the task's ``job`` controls (there is at most one with backoffLimit 0).
+
+        A label is not proof: anyone who may create pods in the namespace can label one after a task. Only a
+        pod whose controller is the task's Job (by uid) speaks for the task.
+        """
+        job_uid = ((job or {}).get("metadata") or {}).get("uid")
+        if not job_uid:
+            return None
         selector = f"{TASK_LABEL}={task_label(task_name)}"
         listing = await self.call("GET", self.collection("v1", "Pod", namespace), query=[("labelSelector", selector)])
-        value = task_label(task_name)  # filtered here too: not every server honours labelSelector
-        pods = [pod for pod in listing.get("items") or []
-                if ((pod.get("metadata") or {}).get("labels") or {}).get(TASK_LABEL) == value]
+        pods = [pod for pod in listing.get("items") or [] if is_controlled_by(pod, job_uid)]
         pods.sort(key=lambda pod: pod.get("metadata", {}).get("creationTimestamp") or "")
         return pods[-1] if pods else None
 

@@ -271,8 +271,9 @@ async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
             or task.spec.isolation.executor not in render.JOB_EXECUTORS or NODE_LABEL in task.metadata.labels):
         return
     job = await state.api.get("batch/v1", "Job", namespace, object_name(name))
-    pod = await state.api.pod_for_task(namespace, name)
-    patch = status_from(task, job, pod, now(), image_pull_grace=state.config.image_pull_grace_seconds)
+    pod = await state.api.pod_for_task(namespace, name, job)
+    patch = status_from(task, job, pod, now(), image_pull_grace=state.config.image_pull_grace_seconds,
+                        trusted_vm=state.config.trusted_vm_runtime_classes)
     current = task.status.model_dump(by_alias=True, mode="json")
     if not patch or all(current.get(key) == value for key, value in patch.items()):
         return

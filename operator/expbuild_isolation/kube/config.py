@@ -10,6 +10,11 @@ Variables (all optional):
 ``EXPBUILD_VM_RUNTIME_CLASS``
     RuntimeClass used when a task asks for isolation minimum VM without naming
     one (e.g. ``kata``); empty means the cluster offers no VM level.
+``EXPBUILD_VM_RUNTIME_CLASSES``
+    Comma-separated RuntimeClasses that really are VM-level runtimes (gVisor,
+    Kata); a task naming one of these, or ``EXPBUILD_VM_RUNTIME_CLASS``, gets
+    isolation VM. Any other RuntimeClass (a GPU runtime, say) counts as
+    Container, and minimum VM is refused with it.
 ``EXPBUILD_DEFAULT_SECCOMP``
     Profile for tasks that leave ``isolation.seccompProfile`` at its default
     (``RuntimeDefault``); e.g. ``expbuild-default``.
@@ -65,6 +70,7 @@ class OperatorConfig(BaseModel):
     namespaces: list[str] = Field(default_factory=list)
     allowed_images: list[str] = Field(default_factory=lambda: ["*"])
     vm_runtime_class: str = ""
+    vm_runtime_classes: list[str] = Field(default_factory=list)
     default_seccomp: str = "RuntimeDefault"
     seccomp_dir: str = "profiles"
     log_tail_bytes: int = Field(4096, ge=0, le=1 << 20)
@@ -79,11 +85,17 @@ class OperatorConfig(BaseModel):
     agent_check_seconds: float = Field(10.0, gt=0)
     hard_disk_limits: bool = False
 
+    @property
+    def trusted_vm_runtime_classes(self) -> frozenset[str]:
+        """The RuntimeClasses that count as isolation VM."""
+        return frozenset(filter(None, [self.vm_runtime_class, *self.vm_runtime_classes]))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        lists = {"EXPBUILD_NAMESPACES": "namespaces", "EXPBUILD_ALLOWED_IMAGES": "allowed_images"}
+        lists = {"EXPBUILD_NAMESPACES": "namespaces", "EXPBUILD_ALLOWED_IMAGES": "allowed_images",
+                 "EXPBUILD_VM_RUNTIME_CLASSES": "vm_runtime_classes"}
         for var, field in lists.items():
             if var in env:
                 values[field] = [item.strip() for item in env[var].split(",") if item.strip()]

@@ -20,6 +20,7 @@ from .names import TASK_NAME_ANNOTATION, labels_for, metadata_for, object_name
 
 POD_SECURITY_ANNOTATION = "expbuild.io/pod-security"
 TASK_CONTAINER = "task"
+TERMINATION_GRACE_SECONDS = 5  # SIGTERM at the deadline, SIGKILL this much later (the default 30 s is too long)
 PREPARE_CONTAINER = "prepare"
 JOB_EXECUTORS = frozenset({"auto", "job"})
 CONFIG_MAP_LIMIT = 900 * 1024  # the API server's 1 MiB object limit, with room for metadata
@@ -41,6 +42,11 @@ def check_task(task: ExecutionTask, config: OperatorConfig) -> None:
         raise IsolationUnavailable("spec.isolation.minimum: VM needs a RuntimeClass, and neither "
                                    "spec.isolation.runtimeClassName nor the operator (EXPBUILD_VM_RUNTIME_CLASS) "
                                    "names one")
+    if spec.isolation.minimum is IsolationLevel.VM and isolation_level(task, config) is not IsolationLevel.VM:
+        trusted = ", ".join(sorted(config.trusted_vm_runtime_classes)) or "none"
+        raise IsolationUnavailable(f"spec.isolation.runtimeClassName: {runtime_class(task, config)!r} is not a "
+                                   f"RuntimeClass this cluster counts as VM isolation (EXPBUILD_VM_RUNTIME_CLASSES: "
+                                   f"{trusted})")
     if spec.isolation.run_as_user == 0:
         raise RenderError("spec.isolation.runAsUser: 0 (root) is refused: the Pod Security Standards restricted "
                           "profile forbids root; use a non-root uid such as 65534", reason="InvalidTask")
@@ -58,7 +64,12 @@ def runtime_class(task: ExecutionTask, config: OperatorConfig) -> str:
 
 
 def isolation_level(task: ExecutionTask, config: OperatorConfig) -> IsolationLevel:
-    return IsolationLevel.VM if runtime_class(task, config) else IsolationLevel.CONTAINER
+    """VM only for a RuntimeClass the operator is configured to trust as one; any other class is Container."""
+    return vm_level(runtime_class(task, config), config.trusted_vm_runtime_classes)
+
+
+def vm_level(runtime_class_name: str | None, trusted: frozenset[str]) -> IsolationLevel:
+    return IsolationLevel.VM if runtime_class_name and runtime_class_name in trusted else IsolationLevel.CONTAINER
 
 
 def seccomp_profile(task: ExecutionTask, config: OperatorConfig) -> dict[str, str]:
@@ -127,8 +138,8 @@ def render_pod_spec(task: ExecutionTask, config: OperatorConfig) -> dict[str, An
     spec = task.spec
     scratch = str(spec.resources.disk) if spec.resources.disk is not None else DEFAULT_SCRATCH
     security = _security_context(task, config)
-    shared_mounts = [{"name": "workspace", "mountPath": supervisor.WORKSPACE},
-                     {"name": "tools", "mountPath": supervisor.TOOLS_DIR}]
+    workspace_mount = {"name": "workspace", "mountPath": supervisor.WORKSPACE}
+    tools_mount = {"name": "tools", "mountPath": supervisor.TOOLS_DIR}
     input_volumes, input_mounts, copies = _input_volumes(task)
     env = {"HOME": supervisor.WORKSPACE, "TMPDIR": "/tmp"} | {var.name: var.value for var in spec.env}
     working_dir = f"{supervisor.WORKSPACE}/{spec.working_dir}" if spec.working_dir else supervisor.WORKSPACE
@@ -136,7 +147,7 @@ def render_pod_spec(task: ExecutionTask, config: OperatorConfig) -> dict[str, An
         "name": PREPARE_CONTAINER, "image": config.supervisor_image, "imagePullPolicy": "IfNotPresent",
         "command": supervisor.prepare_command(config.supervisor_binary, copies, working_dir=spec.working_dir),
         "securityContext": security | {"readOnlyRootFilesystem": True},
-        "resources": _resources(task), "volumeMounts": shared_mounts + input_mounts,
+        "resources": _resources(task), "volumeMounts": [workspace_mount, tools_mount, *input_mounts],
     }
     main = {
         "name": TASK_CONTAINER, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
@@ -144,10 +155,11 @@ def render_pod_spec(task: ExecutionTask, config: OperatorConfig) -> dict[str, An
         "workingDir": working_dir, "env": [{"name": k, "value": v} for k, v in env.items()],
         "securityContext": security, "resources": _resources(task),
         "terminationMessagePath": supervisor.TERMINATION_LOG, "terminationMessagePolicy": "File",
-        "volumeMounts": shared_mounts + [{"name": "tmp", "mountPath": "/tmp"}],
+        # The tools (the supervisor's busybox, which digests the outputs) are read-only for the task.
+        "volumeMounts": [workspace_mount, tools_mount | {"readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
     }
     pod: dict[str, Any] = {
-        "restartPolicy": "Never",
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False, "enableServiceLinks": False,
         "hostNetwork": False, "hostPID": False, "hostIPC": False, "shareProcessNamespace": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": spec.isolation.run_as_user,

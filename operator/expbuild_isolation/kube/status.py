@@ -11,12 +11,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from ..api.task import ExecutionTask, IsolationLevel, Phase
-from .render import PREPARE_CONTAINER, TASK_CONTAINER
+from ..api.task import ExecutionTask, Phase
+from .render import PREPARE_CONTAINER, TASK_CONTAINER, vm_level
 from .results import parse_termination_message
 from .supervisor import supervised_outputs
 
 TIMEOUT_EXIT_CODE = 124
+# On the Job path outputs and stats come from the supervisor, inside the pod the untrusted command shares:
+# the condition tells a consumer which fields are the pod's claims and which the kubelet's facts.
+SELF_REPORTED = ("SelfReported", "True", "InPodSupervisor",
+                 "status.outputs and status.stats were reported from inside the task's pod, which the command "
+                 "shares; phase, exit code, OOM kill and deadline come from the kubelet and the Job controller")
 PULL_ERRORS = frozenset({"ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "RegistryUnavailable",
                          "CreateContainerConfigError"})
 FATAL_WAITING = frozenset({"InvalidImageName"})
@@ -51,9 +56,10 @@ def _container_status(pod: dict[str, Any] | None, name: str, key: str = "contain
     return {}
 
 
-def _isolation(job: dict[str, Any] | None, pod: dict[str, Any] | None) -> str:
+def _isolation(job: dict[str, Any] | None, pod: dict[str, Any] | None, trusted_vm: frozenset[str]) -> str:
+    """VM only when the pod's RuntimeClass is one the operator trusts as a VM runtime."""
     pod_spec = ((job or {}).get("spec") or {}).get("template", {}).get("spec") or (pod or {}).get("spec") or {}
-    return (IsolationLevel.VM if pod_spec.get("runtimeClassName") else IsolationLevel.CONTAINER).value
+    return vm_level(pod_spec.get("runtimeClassName"), trusted_vm).value
 
 
 def task_conditions(task: ExecutionTask, wanted: list[tuple[str, str, str, str]], now: datetime) -> list[dict[str, Any]]:
@@ -74,8 +80,19 @@ def _conditions(task: ExecutionTask, wanted: list[tuple[str, str, str, str]], no
 
 
 def status_from(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any] | None, now: datetime, *,
-                image_pull_grace: float = 120.0) -> dict[str, Any]:
-    """The status patch for ``task`` given its Job and Pod (either may be None)."""
+                image_pull_grace: float = 120.0, trusted_vm: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The status patch for ``task`` given its Job and Pod (either may be None).
+
+    ``trusted_vm``: the RuntimeClasses that count as isolation VM (``OperatorConfig.trusted_vm_runtime_classes``).
+    """
+    patch = _status_from(task, job, pod, now, image_pull_grace)
+    if patch:
+        patch["isolationLevel"] = _isolation(job, pod, trusted_vm)
+    return patch
+
+
+def _status_from(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any] | None, now: datetime,
+                 image_pull_grace: float) -> dict[str, Any]:
     if task.status.phase.finished:
         return {}
     if job is None and pod is None:
@@ -95,7 +112,7 @@ def status_from(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, 
         if terminated.get("reason") == "OOMKilled":
             return _finish(task, job, pod, now, Phase.FAILED, "OOMKilled",
                            f"the task ran out of memory (limit {task.spec.resources.memory or 'none'})", terminated, code)
-        if failed and failed.get("reason") == "DeadlineExceeded":
+        if (failed and failed.get("reason") == "DeadlineExceeded") or _killed_at_deadline(task, job, terminated):
             return _timed_out(task, job, pod, now, terminated)
         if code == 0:
             return _finish(task, job, pod, now, Phase.SUCCEEDED, "Completed", "", terminated, 0)
@@ -141,6 +158,22 @@ def status_from(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, 
     return _progress(task, job, pod, now, Phase.SCHEDULED, "JobCreated", "", node, wanted)
 
 
+def _killed_at_deadline(task: ExecutionTask, job: dict[str, Any] | None, terminated: dict[str, Any]) -> bool:
+    """The command died of a signal once its deadline had passed: the Job controller's kill, whatever the order
+    in which the pod's termination and the Job's DeadlineExceeded condition reach us.
+
+    The deadline is the Job's: its ``status.startTime`` plus ``activeDeadlineSeconds`` (the task's timeout).
+    """
+    code = terminated.get("exitCode")
+    if not isinstance(code, int) or code < 128:
+        return False
+    job = job or {}
+    started = parse_time((job.get("status") or {}).get("startTime")) or parse_time(terminated.get("startedAt"))
+    ended = parse_time(terminated.get("finishedAt"))
+    seconds = (job.get("spec") or {}).get("activeDeadlineSeconds") or task.spec.timeout_seconds
+    return started is not None and ended is not None and (ended - started).total_seconds() >= seconds - 1
+
+
 def _outputs_run(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any] | None) -> list[str]:
     """The output paths of the run: from the task container's command (pod, else Job), else the spec."""
     for owner in (pod, ((job or {}).get("spec") or {}).get("template")):
@@ -153,7 +186,7 @@ def _outputs_run(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str,
 
 
 def _common(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any] | None) -> dict[str, Any]:
-    patch: dict[str, Any] = {"executor": "job", "isolationLevel": _isolation(job, pod)}
+    patch: dict[str, Any] = {"executor": "job"}
     if task.metadata.generation is not None:
         patch["observedGeneration"] = task.metadata.generation
     node = ((pod or {}).get("spec") or {}).get("nodeName")
@@ -199,10 +232,15 @@ def _finish(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any]
             patch["stats"] = report.stats()
         notes = []
         if report.missing_outputs:
-            notes.append(f"outputs not produced: {', '.join(report.missing_outputs)}")
+            notes.append(f"declared outputs missing or not regular files: {', '.join(report.missing_outputs)}")
+            if phase is Phase.SUCCEEDED:  # as on every other backend: no success without the outputs
+                reason = patch["reason"] = "OutputMissing"
+                patch["phase"] = Phase.FAILED.value
         if report.truncated:
             notes.append("the output report was truncated at 4 KiB; some outputs are not listed")
         patch["message"] = "; ".join(filter(None, [message, *notes]))
     wanted = [("Scheduled", "True", "", ""), ("Finished", "True", reason, patch["message"])]
+    if report is not None:
+        wanted.append(SELF_REPORTED)
     patch["conditions"] = _conditions(task, wanted, now)
     return patch
