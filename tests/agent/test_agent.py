@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -261,3 +263,28 @@ async def test_cancelling_an_agent_run_task_stops_it_and_frees_the_slot(api, ope
         await asyncio.sleep(0.3)  # the agent does not overwrite the operator's Cancelled
     assert (await api.get(f"{TASKS}/stopme"))["status"]["phase"] == "Cancelled"
     assert task["status"]["reason"] == "Cancelled" and counting.runs == ["uid-stopme"]
+
+
+@needs_root
+async def test_a_task_deleted_while_it_runs_on_an_agent_stops_there(api, kmock, worker_config, counting):
+    # No operator, so no finalizer and no Cancelled status: the agent sees only the DELETED event.
+    marker = f"3000.{uuid.uuid4().int % 10**9}"
+    await api.create(TASKS, placed("vanishing", "n1", **sh(f"sleep {marker}")))
+    async with running_agent(kmock, worker_config, "n1", counting=counting) as agent:
+        await eventually(lambda: _phase(api, "vanishing", "Running"), timeout=30, what="Running")
+        await eventually(lambda: _true(_processes_with(marker)), timeout=10, what="its process (positive control)")
+        await api.delete(f"{TASKS}/vanishing")
+        await eventually(lambda: _true(not agent.running), timeout=15, what="the run to stop")
+    await eventually(lambda: _true(not _processes_with(marker)), timeout=10, what="its processes to go")
+
+
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found

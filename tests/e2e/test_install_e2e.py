@@ -10,7 +10,8 @@ The cluster must hold the operator image (``image/build.sh``, then e.g.
 example's image ``localhost/expbuild-busybox:latest`` (``.ci/setup-containers.sh``
 builds it). Both installs use the fixed names of the plain manifests, so the
 tests run one after the other and remove what they installed (the CRD stays:
-the chart keeps it on uninstall by design).
+the chart keeps it on uninstall by design), in either order: the Helm test
+adopts a CRD applied with kubectl as the README says.
 """
 
 from __future__ import annotations
@@ -84,9 +85,23 @@ def _operator_ready(namespace: str) -> None:
         "app.kubernetes.io/component=operator", "--timeout=180s")
 
 
-def test_helm_install_then_hello_succeeds(cluster, task_namespace):
+CRD = "executiontasks.expbuild.io"
+
+
+def _adopt_crd_for_helm(release: str, namespace: str) -> None:
+    """The README's step for a CRD applied with kubectl before (e.g. by the other install test)."""
+    kubectl = _tool("kubectl")
+    if _sh(kubectl, "get", "crd", CRD, check=False).returncode != 0:
+        return
+    _sh(kubectl, "label", "crd", CRD, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+    _sh(kubectl, "annotate", "crd", CRD, f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}", "--overwrite")
+
+
+def test_helm_install_then_hello_succeeds_and_uninstall_never_hangs(cluster, task_namespace):
     helm, kubectl = _tool("helm"), _tool("kubectl")
     release, namespace = "expbuild-isolation", "expbuild-system"
+    _adopt_crd_for_helm(release, namespace)
     _sh(helm, "install", release, str(CHART), "--namespace", namespace, "--create-namespace", "--wait",
         "--timeout", "5m")
     try:
@@ -95,6 +110,8 @@ def test_helm_install_then_hello_succeeds(cluster, task_namespace):
     finally:
         _sh(helm, "uninstall", release, "--namespace", namespace, "--wait", check=False)
         _sh(kubectl, "delete", "namespace", namespace, "--wait=false", check=False)
+    # The operator is gone; a namespace holding a finished task is deleted all the same (no finalizer left).
+    _sh(kubectl, "delete", "namespace", task_namespace, "--wait=true", "--timeout=90s")
 
 
 def test_kubectl_apply_install_then_hello_succeeds(cluster, task_namespace):

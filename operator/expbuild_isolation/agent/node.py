@@ -153,6 +153,8 @@ class NodeAgent:
                                                   timeout_seconds=self.settings.watch_timeout_seconds):
                     if event.get("type") in ("ADDED", "MODIFIED"):
                         self.consider(event["object"])
+                    elif event.get("type") == "DELETED":
+                        self.deleted(event["object"])
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
@@ -294,6 +296,15 @@ class NodeAgent:
             return
         self.running[uid] = asyncio.create_task(self._claim_and_run(task, body), name=f"task-{task.key}")
         self.running[uid].add_done_callback(lambda _, uid=uid: self._done(uid))
+
+    def deleted(self, body: dict[str, Any]) -> None:
+        """A task is gone (no finalizer kept it, or the operator is down): its processes must not go on."""
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        run = self.running.get(uid)
+        if run is not None and uid not in self.report.reported:
+            LOG.info("%s/%s was deleted: stopping its run", (body.get("metadata") or {}).get("namespace"),
+                     (body.get("metadata") or {}).get("name"))
+            run.cancel()
 
     def _invalid(self, body: dict[str, Any], exc: ValidationError) -> None:
         """A task placed here that is not a valid ExecutionTask: end it in Error once; never retry it."""

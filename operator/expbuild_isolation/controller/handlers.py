@@ -5,7 +5,9 @@ A task's life: create/resume -> check and render -> create the objects
 then on every event of its Job or Pod (and a slow operator-wide resync) recomputes the
 status from what the API server says, so a restarted operator rebuilds the
 truth instead of remembering it. Cancel and delete remove the Job and end in
-Cancelled. Status is patched only through ``cluster`` (never kopf's ``patch``)
+Cancelled. Only a task unfinished on a node agent carries the finalizer (``needs_cleanup``): garbage
+collection removes a Job task's objects, and nothing blocks deleting a namespace or the CRD once tasks are
+done. Status is patched only through ``cluster`` (never kopf's ``patch``)
 so that all writers are serialized by one per-task lock.
 
 Before rendering, ``kube.placement`` decides between the Job path and a node
@@ -25,6 +27,7 @@ whole life, which cost ~15-25 MiB at 1,000 tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from .. import audit, metrics
 from ..api.task import GROUP, PLURAL, VERSION, ExecutionTask, Phase
@@ -189,7 +193,11 @@ async def follow(body: kopf.Body, **kwargs: Any) -> None:
 
 
 async def track(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
-    """Keep ``state.unfinished`` in step with the watch stream (the periodic loops walk it)."""
+    """Keep ``state.unfinished`` in step with the watch stream (the periodic loops walk it).
+
+    A task deleted while unfinished on the Job path has no finalizer (garbage collection removes its Job and
+    pod): its end is recorded here, from the DELETED event.
+    """
     state: OperatorState = memo.state
     meta = body.get("metadata", {})
     if not meta.get("namespace") or not meta.get("name"):
@@ -197,11 +205,35 @@ async def track(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) ->
     if state.handler_context is None:
         state.handler_context = contextvars.copy_context()
     key = _key(meta["namespace"], meta["name"])
-    phase = Phase((body.get("status") or {}).get("phase") or "Pending")
-    if type == "DELETED" or phase.finished:
+    if type == "DELETED":
+        if state.unfinished.pop(key, None) is not None:
+            with contextlib.suppress(ValidationError):  # (an object the handlers could not read either)
+                _finished(state, ExecutionTask.model_validate(dict(body)), {
+                    "phase": Phase.CANCELLED.value, "reason": "Deleted",
+                    "message": "the task was deleted before it finished"})
+        state.locks.pop(key, None)
+        state.placed.discard(key)
+    elif _phase_of(body).finished:
         state.unfinished.pop(key, None)
     else:
         state.unfinished[key] = NODE_LABEL in (meta.get("labels") or {})
+
+
+def _phase_of(body: kopf.Body | dict[str, Any]) -> Phase:
+    try:
+        return Phase((body.get("status") or {}).get("phase") or "Pending")
+    except ValueError:  # not ours to judge here; the task's own handlers see the object
+        return Phase.PENDING
+
+
+def needs_cleanup(body: kopf.Body, **_: Any) -> bool:
+    """Whether a task holds the finalizer: only while it is unfinished on a node agent.
+
+    That is the one thing garbage collection does not clean up (a Job and its pod go with the task through
+    owner references); a finished task, or one on the Job path, never blocks deleting its namespace or the CRD.
+    """
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return NODE_LABEL in labels and not _phase_of(body).finished
 
 
 async def resync(state: OperatorState, namespace: str, name: str) -> None:
@@ -399,16 +431,12 @@ async def cancel(body: kopf.Body, memo: kopf.Memo, new: Any, **_: Any) -> None:
 
 
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A task deleted while a node agent has it: end it Cancelled, so the agent stops its processes."""
     state: OperatorState = memo.state
     task = ExecutionTask.model_validate(dict(body))
     async with state.lock(task.key):
         if not task.status.phase.finished:
             await _cancel(state, task, dict(body), "the task was deleted")
-        else:
-            await state.api.delete_owned_job(task.metadata.namespace, object_name(task.metadata.name),
-                                             task.metadata.uid)
-    state.locks.pop(task.key, None)
-    state.placed.discard(task.key)
 
 
 def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
@@ -421,7 +449,7 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.resume(*resource, registry=registry, id="start")(start)
     kopf.on.create(*resource, registry=registry, id="start")(start)
     kopf.on.field(*resource, field="spec.cancel", registry=registry, id="cancel")(cancel)
-    kopf.on.delete(*resource, registry=registry, id="delete")(delete)
+    kopf.on.delete(*resource, registry=registry, id="delete", when=needs_cleanup)(delete)
     kopf.on.event("batch", "v1", "jobs", labels=FOLLOWED, registry=registry, id="follow-job")(follow)
     kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
     kopf.on.event(*resource, registry=registry, id="track")(track)

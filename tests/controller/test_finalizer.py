@@ -1,0 +1,75 @@
+"""The finalizer is held only while a task is unfinished on a node agent: uninstalling never hangs.
+
+A namespace or the CRD cannot be deleted while objects in it keep a finalizer nobody will remove (the
+operator uninstalled). Garbage collection removes a Job task's objects through owner references, so such
+tasks never hold one, and a task that is done never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from expbuild_isolation.api.task import IsolationLevel
+from tests.agent.test_agent import advertise
+
+from .conftest import TASKS, eventually, task_body
+from .test_operator import _phase, job_pod, kubelet_completes
+
+FINALIZER = "expbuild.io/finalizer"
+
+
+async def _finalizers(api, name):
+    return ((await api.get(f"{TASKS}/{name}")).get("metadata") or {}).get("finalizers") or []
+
+
+async def _has(api, name):
+    return FINALIZER in await _finalizers(api, name)
+
+
+async def _lacks(api, name):
+    return FINALIZER not in await _finalizers(api, name)
+
+
+async def test_a_job_task_never_holds_the_finalizer(api, operator):
+    await api.create(TASKS, task_body("plain"))
+    await eventually(lambda: _phase(api, "plain", "Scheduled"), what="Scheduled")
+    await api.create("/api/v1/namespaces/ci/pods",
+                     await job_pod(api, "plain", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+    await eventually(lambda: _phase(api, "plain", "Running"), what="Running")
+    assert await _lacks(api, "plain")
+    await kubelet_completes(api, "plain", "")
+    await eventually(lambda: _phase(api, "plain", "Succeeded"), what="Succeeded")
+    await asyncio.sleep(0.5)
+    assert await _lacks(api, "plain")
+
+
+async def test_an_agent_task_holds_it_only_until_it_finishes(api, operator, kmock):
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
+    await api.create(TASKS, task_body("remote", isolation={"executor": "namespace"}))
+    await eventually(lambda: _has(api, "remote"), what="the finalizer on the placed task")
+    # The agent ends it (as agent/report.py writes it).
+    await api.patch(f"{TASKS}/remote/status", {"status": {"phase": "Succeeded", "reason": "Completed"}})
+    await eventually(lambda: _lacks(api, "remote"), what="the finalizer removed once finished")
+
+
+async def test_a_finished_task_left_with_an_old_finalizer_is_released(api, operator_config, kmock):
+    from .conftest import running_operator
+    body = task_body("legacy")
+    body["metadata"]["finalizers"] = [FINALIZER]  # written by an earlier version for every task
+    body["status"] = {"phase": "Succeeded", "reason": "Completed"}
+    await api.create(TASKS, body)
+    async with running_operator(kmock, operator_config):
+        await eventually(lambda: _lacks(api, "legacy"), what="the old finalizer removed")
+
+
+async def test_deleting_an_unfinished_agent_task_cancels_it_first(api, operator):
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
+    await api.create(TASKS, task_body("leaving", isolation={"executor": "namespace"}))
+    await eventually(lambda: _has(api, "leaving"), what="the finalizer on the placed task")
+    await api.delete(f"{TASKS}/leaving")
+    await eventually(lambda: _gone(api, "leaving"), what="the task deleted")
+    assert "Cancelled" in {e["reason"] for e in api.events_for("leaving")}  # the agent was told to stop
+
+
+async def _gone(api, name):
+    return await api.get(f"{TASKS}/{name}") is None
