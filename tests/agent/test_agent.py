@@ -93,7 +93,7 @@ async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, op
     assert status["outputs"][0]["path"] == "out/greeting" and status["outputs"][0]["sizeBytes"] == 3
     assert "done" in status["logs"]["stdoutTail"]  # and so the service account path was absent inside
     assert job_run_status_keys() <= set(status), job_run_status_keys() - set(status)
-    assert [c["type"] for c in status["conditions"]] == ["Scheduled", "Finished"]
+    assert [c["type"] for c in status["conditions"]] == ["Scheduled", "Started", "Finished"]
     assert task["metadata"]["labels"]["expbuild.io/node"] == "n1"
     assert len(counting.runs) == 1
     claim = await api.get(f"{CLAIMS}/xt-claim-uid-ns-hello")

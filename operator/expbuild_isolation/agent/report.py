@@ -14,10 +14,11 @@ from typing import Any
 
 from .. import audit, metrics
 from ..api.task import ExecutionTask, Phase
-from ..kube.status import parse_time, task_conditions, timestamp
+from ..kube.status import finished_conditions, parse_time, timestamp
 from .api import AgentApi, ApiError, events_path, tasks_path
 
 LOG = logging.getLogger("expbuild.agent")
+REPORTING_COMPONENT = "expbuild-isolation-agent"  # what `kubectl describe` and event exporters show
 
 
 def now() -> datetime:
@@ -54,10 +55,13 @@ class Reporter:
         fresh = await self.api.get(tasks_path(task.metadata.namespace, task.metadata.name))
         if fresh is None or ExecutionTask.model_validate(fresh).status.phase.finished:
             return  # deleted, or ended by the operator (Cancelled, AgentLost) meanwhile: its word stands
-        current = ExecutionTask.model_validate(fresh).status
-        finished = ("Finished", "True", patch.get("reason", ""), patch.get("message", ""))
-        patch.setdefault("conditions", task_conditions(ExecutionTask.model_validate(fresh),
-                                                       [("Scheduled", "True", "", ""), finished], now()))
+        task_now = ExecutionTask.model_validate(fresh)
+        current = task_now.status
+        at = now()
+        started = parse_time(patch.get("startTime")) or current.start_time
+        finished = parse_time(patch.get("completionTime")) or at
+        patch.setdefault("conditions", finished_conditions(task_now, patch.get("reason", ""), patch.get("message", ""),
+                                                           started=started, finished=finished, now=at))
         self.reported.add(task.metadata.uid)
         await self.patch_status(task, patch)
         message = patch.get("message") or f"{current.phase.value} -> {patch['phase']}"
@@ -87,8 +91,8 @@ class Reporter:
                                     "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid")},
                  "type": kind, "reason": reason, "message": message[:1024], "count": 1,
                  "firstTimestamp": at, "lastTimestamp": at,
-                 "source": {"component": "expbuild-agent", "host": self.node},
-                 "reportingComponent": "expbuild.io/agent", "reportingInstance": self.identity}
+                 "source": {"component": REPORTING_COMPONENT, "host": self.node},
+                 "reportingComponent": REPORTING_COMPONENT, "reportingInstance": self.identity}
         try:
             await self.api.create(events_path(namespace), event)
         except ApiError as exc:  # Events are a convenience; the status is the record

@@ -51,6 +51,7 @@ from ..kube.status import parse_time, status_from, timestamp
 from .cluster import ApiError, Cluster, NotOwned, refused_for_good
 
 EXECUTOR = "job"
+REPORTING_COMPONENT = "expbuild-isolation"
 FOLLOWED = {TASK_LABEL: kopf.PRESENT, **MANAGED_BY}
 
 
@@ -102,6 +103,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="expbuild.io", key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's INFO chatter would drown it
+    settings.posting.reporting_component = REPORTING_COMPONENT  # `kubectl describe` says who wrote the Event
 
 
 async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

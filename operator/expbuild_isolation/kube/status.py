@@ -62,18 +62,34 @@ def _isolation(job: dict[str, Any] | None, pod: dict[str, Any] | None, trusted_v
     return vm_level(pod_spec.get("runtimeClassName"), trusted_vm).value
 
 
-def task_conditions(task: ExecutionTask, wanted: list[tuple[str, str, str, str]], now: datetime) -> list[dict[str, Any]]:
-    """The conditions list for ``wanted`` (type, status, reason, message); the node agent writes them too."""
+Wanted = tuple[str, str, str, str] | tuple[str, str, str, str, datetime | None]
+
+
+def task_conditions(task: ExecutionTask, wanted: list[Wanted], now: datetime) -> list[dict[str, Any]]:
+    """The conditions list for ``wanted`` (type, status, reason, message[, when]); the node agent writes them too."""
     return _conditions(task, wanted, now)
 
 
-def _conditions(task: ExecutionTask, wanted: list[tuple[str, str, str, str]], now: datetime) -> list[dict[str, Any]]:
+def finished_conditions(task: ExecutionTask, reason: str, message: str, *, started: datetime | None,
+                        finished: datetime, now: datetime) -> list[dict[str, Any]]:
+    """A finished task's Scheduled, Started and Finished, however quickly it ran; the times are when each
+    happened (the command's start and end), not when the status was written."""
+    start = (("Started", "True", "", "", started) if started is not None
+             else ("Started", "False", "NeverStarted", "the command never started", finished))
+    return _conditions(task, [("Scheduled", "True", "", ""), start, ("Finished", "True", reason, message, finished)],
+                       now)
+
+
+def _conditions(task: ExecutionTask, wanted: list[Wanted], now: datetime) -> list[dict[str, Any]]:
     """Conditions in the API's shape, keeping lastTransitionTime while a status does not change."""
     before = {cond.type: cond for cond in task.status.conditions}
     result = []
-    for kind, status, reason, message in wanted:
+    for kind, status, reason, message, *when in wanted:
         old = before.get(kind)
-        since = old.last_transition_time if old and old.status == status and old.last_transition_time else now
+        if old and old.status == status and old.last_transition_time:
+            since = old.last_transition_time
+        else:
+            since = (when[0] if when else None) or now
         result.append({"type": kind, "status": status, "reason": reason, "message": message,
                        "lastTransitionTime": timestamp(since)})
     return result
@@ -239,8 +255,7 @@ def _finish(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any]
         if report.truncated:
             notes.append("the output report was truncated at 4 KiB; some outputs are not listed")
         patch["message"] = "; ".join(filter(None, [message, *notes]))
-    wanted = [("Scheduled", "True", "", ""), ("Finished", "True", reason, patch["message"])]
+    patch["conditions"] = finished_conditions(task, reason, patch["message"], started=start, finished=end, now=now)
     if report is not None:
-        wanted.append(SELF_REPORTED)
-    patch["conditions"] = _conditions(task, wanted, now)
+        patch["conditions"] += _conditions(task, [SELF_REPORTED], now)
     return patch
