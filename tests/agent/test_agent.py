@@ -105,6 +105,8 @@ async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, op
     assert sorted(p.name for p in seccomp.iterdir()) == ["expbuild-default.json", "expbuild-strict.json"]
     reasons = {e.get("reason") for e in api.events_for("ns-hello")}
     assert {"Scheduled", "Started", "Completed"} <= reasons
+    by = {e["reason"]: e["reportingComponent"] for e in api.events_for("ns-hello")}
+    assert (by["Scheduled"], by["Started"]) == ("expbuild-isolation", "expbuild-isolation-agent")
 
 
 @needs_root

@@ -71,6 +71,7 @@ async def test_the_task_follows_its_pod_and_job_to_success(api, operator):
     reasons = await eventually(lambda: _event_reasons(api, "follow", {"Scheduled", "Started", "Completed"}),
                                what="events")
     assert {"Scheduled", "Started", "Completed"} <= reasons
+    assert {e["source"]["component"] for e in api.events_for("follow")} == {"expbuild-isolation"}
 
 
 async def test_a_deadline_ends_timed_out_with_124(api, operator):

@@ -243,3 +243,16 @@ def test_outputs_are_attributed_to_the_paths_the_run_used_not_to_a_changed_spec(
     patch = status.status_from(changed, rendered, pod(phase="Succeeded", init=INIT_DONE,
                                                       main=terminated(0, message=report)), NOW)
     assert [(o["path"], o["sha256"][0]) for o in patch["outputs"]] == [("out/app", "a"), ("out/report.txt", "b")]
+
+
+def test_a_task_that_finished_between_two_looks_still_has_all_three_conditions_with_honest_times():
+    task = make_task(status={"phase": "Scheduled"})  # Running was never seen
+    patch = status.status_from(task, job(task, conditions=[("Complete", "", "")], succeeded=1),
+                               pod(phase="Succeeded", init=INIT_DONE, main=terminated(0)), NOW)
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert [c["type"] for c in patch["conditions"]] == ["Scheduled", "Started", "Finished"]
+    assert conditions["Started"]["status"] == "True" and conditions["Started"]["lastTransitionTime"] == T0
+    assert conditions["Finished"]["lastTransitionTime"] == "2025-03-01T12:00:02Z"
+    never = status.finished_conditions(task, "PrepareFailed", "x", started=None, finished=NOW, now=NOW)
+    started = {c["type"]: c for c in never}["Started"]
+    assert (started["status"], started["reason"]) == ("False", "NeverStarted")
