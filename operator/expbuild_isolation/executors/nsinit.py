@@ -91,7 +91,7 @@ def _join_cgroup(prep: Prepared, cgroup_fds: list[int]) -> None:
             os.close(fd)
 
 
-def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.socket, priority: int,
+def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.socket, priority: int | None,
           cgroup_fds: list[int]) -> None:
     """pid 1 of the new namespaces: joins the task cgroup, builds the root, waits for its task, finishes
     the sandbox and execs. Never returns.
@@ -125,7 +125,8 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
     trace("p.launch", slot)
     stage = "setup"
     try:
-        os.setpriority(os.PRIO_PGRP, 0, priority)   # the task and its waiter (our group) at the worker's priority
+        if priority is not None:   # the task and its waiter (our group) at the worker's priority
+            os.setpriority(os.PRIO_PGRP, 0, priority)
         socket.send_fds(to_waiter, [b"s"], [status_fd])
         to_waiter.close()
         tasks.close()
@@ -202,7 +203,10 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
     trace("s.start", slot)
     priority = os.getpriority(os.PRIO_PROCESS, 0)
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, min(priority + SPARE_NICE, 19))   # yield to running tasks
+        if may_lower_nice(priority):   # yield to running tasks, only where the task can get its priority back
+            os.setpriority(os.PRIO_PROCESS, 0, min(priority + SPARE_NICE, 19))
+        else:
+            priority = None
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         flags = 0
@@ -254,6 +258,19 @@ def _fail_when_launched(tasks: socket.socket, line: str) -> None:
 # A spare builds its sandbox at a lower CPU priority than the tasks already running (its task and waiter
 # get the worker's priority back when the task arrives).
 SPARE_NICE = int(os.environ.get("EXPBUILD_NAMESPACE_SPARE_NICE", "10"))
+CAP_SYS_NICE = 23
+
+
+def may_lower_nice(priority: int) -> bool:
+    """Whether this process may go back to nice ``priority`` after raising it: CAP_SYS_NICE, or an RLIMIT_NICE
+    that allows it. Root in a container usually has neither (Docker and containerd drop CAP_SYS_NICE)."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    if soft == resource.RLIM_INFINITY or 20 - soft <= priority:
+        return True
+    with open("/proc/self/status") as handle:
+        effective = next((int(line.split()[1], 16) for line in handle if line.startswith("CapEff:")), 0)
+    return bool(effective >> CAP_SYS_NICE & 1)
 _FILTERS: dict[str, bytes] = {}   # profile -> compiled BPF, built once in the zygote
 
 
