@@ -35,7 +35,7 @@ def run_with_caps(tmp_path: Path, caps: list[str], **spec) -> dict:
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     bounding = "-all," + ",".join(f"+{cap}" for cap in caps)
-    done = subprocess.run(["setpriv", f"--bounding-set={bounding}", f"--inh-caps=-all", sys.executable, "-m",
+    done = subprocess.run(["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", sys.executable, "-m",
                            "expbuild_isolation.cli", "run", str(path), "--executor", "namespace", "-o", "json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("{"), done.stderr
