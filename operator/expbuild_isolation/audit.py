@@ -17,13 +17,13 @@ from typing import Any, Literal
 from .api.task import ExecutionTask
 
 LOGGER = logging.getLogger("expbuild.audit")
-REQUESTER_ANNOTATION = "expbuild.io/requester"
 
 
-def requester(task: ExecutionTask) -> str:
-    """Who asked: the ``expbuild.io/requester`` annotation, else the first field manager, else ""."""
-    if task.metadata.annotations.get(REQUESTER_ANNOTATION):
-        return task.metadata.annotations[REQUESTER_ANNOTATION]
+def field_manager(task: ExecutionTask) -> str:
+    """The program that created the task, as its client named itself (``kubectl-client-side-apply``,
+    ``OpenAPI-Generator`` for the Python client), else "". Not a user: the API server's own audit log is the
+    record of who created a task.
+    """
     managed = (task.metadata.model_extra or {}).get("managedFields") or []
     for entry in managed:
         if isinstance(entry, dict) and entry.get("manager"):
@@ -39,7 +39,7 @@ def audit_record(task: ExecutionTask, event: Literal["start", "end"], *, executo
         "event": event,
         "task": task.key,
         "uid": task.metadata.uid,
-        "requester": requester(task),
+        "fieldManager": field_manager(task),
         "image": task.spec.image,
         "argv": list(task.spec.command),
         "executor": executor,

@@ -359,6 +359,27 @@ def test_the_agent_daemonset_has_what_its_docstring_asks_for(full: list[dict[str
     assert config == default_values()["agent"]["config"]
 
 
+def test_the_unprivileged_agent_adds_only_the_capabilities_it_needs() -> None:
+    pod = one(render_chart({"agent": {"enabled": True, "privileged": False}}), "DaemonSet",
+              AGENT)["spec"]["template"]["spec"]
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx == {"runAsUser": 0, "capabilities": {"add": ["SYS_ADMIN", "NET_ADMIN"]},
+                   "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"}}
+    fewer = one(render_chart({"agent": {"enabled": True, "privileged": False, "addCapabilities": ["SYS_ADMIN"]}}),
+                "DaemonSet", AGENT)["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert fewer["capabilities"] == {"add": ["SYS_ADMIN"]}
+
+
+def test_the_kubelet_root_directory_is_a_value() -> None:
+    values = {"kubeletRootDir": "/var/lib/k0s/kubelet", "agent": {"enabled": True},
+              "seccompProfiles": {"installer": {"enabled": True}}}
+    objects = render_chart(values)
+    for name in (AGENT, f"{RELEASE}-seccomp-installer"):
+        pod = one(objects, "DaemonSet", name)["spec"]["template"]["spec"]
+        paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+        assert paths["kubelet-seccomp"] == "/var/lib/k0s/kubelet/seccomp", name
+
+
 def test_the_docker_socket_is_mounted_only_when_asked() -> None:
     pod = one(render_chart({"agent": {"enabled": True}}), "DaemonSet", AGENT)["spec"]["template"]["spec"]
     assert "docker-socket" not in {v["name"] for v in pod["volumes"]}

@@ -21,21 +21,23 @@ def test_settings_come_from_expbuild_variables():
 
 def test_an_audit_record_says_who_ran_what_where_and_how_it_ended():
     task = make_task(command=["make", "all"], resources={"cpu": "2", "memory": "1Gi"})
-    task.metadata.annotations["expbuild.io/requester"] = "alice@example.com"
+    task.metadata.annotations["expbuild.io/requester"] = "alice@example.com"  # a claim anyone can write: unused
+    task.metadata.__pydantic_extra__["managedFields"] = [{"manager": "OpenAPI-Generator"}]
     record = audit.audit_record(task, "end", executor="job", isolation="Container",
                                 outcome={"phase": "Succeeded", "exitCode": 0},
                                 now=datetime(2025, 1, 1, tzinfo=timezone.utc))
     assert record == {"time": "2025-01-01T00:00:00Z", "event": "end", "task": "ci/compile-42",
-                      "uid": task.metadata.uid, "requester": "alice@example.com", "image": "localhost/busybox:latest",
+                      "uid": task.metadata.uid, "fieldManager": "OpenAPI-Generator", "image": "localhost/busybox:latest",
                       "argv": ["make", "all"], "executor": "job", "isolation": "Container",
                       "limits": {"cpu": "2", "memory": "1Gi"}, "network": "None",
                       "outcome": {"phase": "Succeeded", "exitCode": 0}}
 
 
-def test_the_requester_falls_back_to_the_first_field_manager(caplog):
+def test_the_field_manager_is_recorded_as_what_it_is_never_as_a_requester(caplog):
     task = make_task()
     task.metadata.__pydantic_extra__["managedFields"] = [{"manager": "kubectl-client-side-apply"}]
-    assert audit.requester(task) == "kubectl-client-side-apply"
+    assert audit.field_manager(task) == "kubectl-client-side-apply"
+    assert "requester" not in audit.audit_record(task, "start", executor="job", isolation="VM")
     with caplog.at_level(logging.INFO, logger="expbuild.audit"):
         audit.emit(audit.audit_record(task, "start", executor="job", isolation="VM"))
     assert json.loads(caplog.records[-1].getMessage())["event"] == "start"

@@ -35,14 +35,21 @@ What it does (``agent.node.NodeAgent``):
 
 What the DaemonSet needs, and why:
 
-- **root, or CAP_SYS_ADMIN (+ CAP_SETUID/SETGID, CAP_SYS_RESOURCE)** for the
-  namespace executor: it creates mount, PID, network, UTS and IPC namespaces
-  and writes cgroup v2 limits; ``hostPID`` is not needed, but the host's
-  cgroup tree must be writable (mount ``/sys/fs/cgroup`` read-write, or run
-  privileged). With only the docker or podman executor, the Docker/Podman
-  socket (hostPath ``/var/run/docker.sock``) instead: whoever holds that socket
-  is root on the node, which is why it is the agent, never a task, that holds it;
-- hostPath ``/var/lib/kubelet/seccomp`` (read-write) to install the profiles
+- **root with CAP_SYS_ADMIN and CAP_NET_ADMIN added to a container runtime's
+  defaults**, seccomp and AppArmor Unconfined (or simply privileged) for the
+  namespace executor: SYS_ADMIN creates the mount, PID, network, UTS, IPC and
+  cgroup namespaces and mounts the sandbox's root (the runtimes' default
+  seccomp and AppArmor profiles refuse pivot_root and mount); NET_ADMIN brings
+  up a task's loopback (network Localhost). CAP_SYS_NICE and CAP_SYS_RESOURCE
+  are not needed. The host's cgroup tree must be writable (mount
+  ``/sys/fs/cgroup`` read-write); ``hostPID`` is not needed.
+  ``tests/executors/test_namespace_privileges.py`` runs the executor with just
+  these capabilities. With only the docker or podman executor, the
+  Docker/Podman socket (hostPath ``/var/run/docker.sock``) instead: whoever
+  holds that socket is root on the node, which is why it is the agent, never a
+  task, that holds it;
+- hostPath ``<kubelet root>/seccomp`` (read-write; the chart's
+  ``kubeletRootDir``, ``/var/lib/kubelet`` by default) to install the profiles
   that Jobs refer to as ``Localhost profiles/expbuild-*.json``;
 - a ServiceAccount allowed only to: get/list/watch/patch ``executiontasks`` and
   ``executiontasks/status`` (cluster-wide, or per namespace with
