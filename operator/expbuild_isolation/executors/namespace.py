@@ -156,6 +156,11 @@ class NamespaceExecutor:
             import pyseccomp  # noqa: F401
         except (ImportError, OSError) as exc:
             return f"needs libseccomp (pyseccomp): {exc}"
+        for profile in seccomp.PROFILES.values():
+            try:
+                seccomp.check_names(profile)
+            except seccomp.SeccompProfileError as exc:
+                return f"cannot build its seccomp filters: {exc}"
         if self.config.rootfs != "host" and not Path(self.config.rootfs, "bin").exists():
             return f"rootfs {self.config.rootfs!r} has no bin/; set rootfs to \"host\" or a root filesystem directory"
         return None
