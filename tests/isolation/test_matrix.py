@@ -30,7 +30,7 @@ def test_limits_are_read_from_the_hostile_calls():
     limits = {attack.key: attack.limits for attack in matrix.attacks()}
     assert limits["disk"]["disk"] == 16 << 20
     assert limits["fork_bomb"]["pids"] == 64
-    assert limits["strict_syscalls"]["seccomp"] == "expbuild-strict"
+    assert limits["default_seccomp"]["seccomp"] == "RuntimeDefault"
 
 
 def test_only_container_backends_refuse_up_front_and_docker_has_no_disk_limit():
