@@ -242,7 +242,42 @@ async def test_a_spare_cgroup_takes_the_tasks_name_and_limits(executor, workspac
     assert seen, "the task's cgroup never took its name"
     assert (seen["pids"] / "pids.max").read_text().strip() == "33"
     assert int((seen["memory"] / "memory.limit_in_bytes").read_text()) == 96 << 20
+    assert (seen["pids"] / "cgroup.procs").read_text().split(), "the task is not in the cgroup of its name"
     result = await run
     assert result.exit_code == 0, result
-    assert b"named-task-" in result.stdout, result.stdout
+    assert b"pids:/\n" in result.stdout, result.stdout   # in its own cgroup namespace
     assert our_cgroups() == []
+
+
+# What runc masks (and /proc/kallsyms): kernel state a task has no business reading.
+PROC_MASKED = ("acpi", "asound", "kallsyms", "kcore", "keys", "latency_stats", "sched_debug", "scsi", "timer_list",
+               "timer_stats")
+
+
+def _host_has_content(name: str) -> bool:
+    path = Path("/proc", name)
+    if path.is_dir():
+        return any(path.iterdir())
+    with open(path, "rb") as handle:
+        return bool(handle.read(1))
+
+
+async def test_kernel_state_in_proc_is_masked(executor, workspace):
+    present = [name for name in PROC_MASKED if Path("/proc", name).exists()]
+    # positive control: these are there, with content, for the host (and so the copies below could hold it)
+    assert {"kallsyms", "timer_list"} <= {name for name in present if _host_has_content(name)}
+    copies = "; ".join(f"if [ -d /proc/{n} ]; then ls -A /proc/{n} > {n}.seen; else cat /proc/{n} > {n}.seen; fi"
+                       for n in present)
+    result = await executor.execute(request(workspace, f"{copies}; cat /proc/version > version.seen; true"))
+    assert result.exit_code == 0, result
+    assert (workspace / "version.seen").stat().st_size > 0   # the copy works where nothing is masked
+    assert {name: (workspace / f"{name}.seen").stat().st_size for name in present} == dict.fromkeys(present, 0)
+
+
+async def test_the_host_cgroup_path_is_not_visible(executor, workspace):
+    task_id = f"cgroup-{uuid.uuid4().hex[:6]}"
+    result = await executor.execute(request(workspace, "cat /proc/self/cgroup > cgroup.seen", task_id=task_id))
+    assert result.exit_code == 0, result
+    lines = (workspace / "cgroup.seen").read_text().splitlines()
+    assert lines   # the copy works
+    assert [line for line in lines if line.rsplit(":", 1)[1] != "/"] == []   # the task's cgroup is its root
