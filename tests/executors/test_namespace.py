@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from expbuild_isolation.api.task import NetworkMode
+from expbuild_isolation.api.task import IsolationLevel, NetworkMode
 from expbuild_isolation.executors import cgroups
-from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits, TerminationReason
+from expbuild_isolation.executors.base import (ExecutionRequest, IsolationUnavailable, NetworkPolicy, ResourceLimits,
+                                               TerminationReason)
 from expbuild_isolation.executors.config import NamespaceConfig
 from expbuild_isolation.executors.namespace import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
+from expbuild_isolation.worker.config import ConfigError, load_worker_config
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="the namespace executor needs root (namespaces, cgroups)")]
@@ -281,3 +284,81 @@ async def test_the_host_cgroup_path_is_not_visible(executor, workspace):
     lines = (workspace / "cgroup.seen").read_text().splitlines()
     assert lines   # the copy works
     assert [line for line in lines if line.rsplit(":", 1)[1] != "/"] == []   # the task's cgroup is its root
+
+
+# -- switches in NamespaceConfig: refused when unimplemented, reported truthfully when they weaken ------------
+
+@pytest.mark.parametrize("line, fragment", [
+    ("use_user_namespace = true", "executor.namespace.use_user_namespace: the user-namespace mode is not implemented"),
+    ("use_mount_namespace = false", "executor.namespace.use_mount_namespace: the sandbox cannot work without"),
+])
+def test_unimplemented_switches_are_config_errors(tmp_path, line, fragment):
+    path = tmp_path / "worker.toml"
+    path.write_text(f"[executor]\ntype = 'namespace'\n[executor.namespace]\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_worker_config(path)
+    assert fragment in str(caught.value)
+    assert "(got " in str(caught.value)
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    return listener
+
+
+def _accepted(listener: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return count
+        conn.close()
+        count += 1
+
+
+async def test_without_a_network_namespace_only_full_is_offered_and_none_is_refused(workspace):
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, use_network_namespace=False))
+    assert executor.capabilities().network_policies == frozenset({NetworkMode.FULL})
+    with _listener() as listener:
+        script = f"echo hi | /bin/busybox nc -w 2 127.0.0.1 {listener.getsockname()[1]}"
+        with pytest.raises(IsolationUnavailable, match="cannot enforce network policy None"):
+            await executor.execute(request(workspace, script))
+        assert _accepted(listener) == 0
+        full = await executor.execute(request(workspace, script, limits=ResourceLimits(
+            network=NetworkPolicy(NetworkMode.FULL))))
+        assert _accepted(listener) == 1, full   # positive control: the same probe reaches the host when allowed
+
+
+@pytest.mark.parametrize("switch", ["use_pid_namespace", "use_uts_namespace", "use_ipc_namespace"])
+async def test_sharing_a_host_namespace_lowers_the_isolation_level(workspace, switch):
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, **{switch: False}))
+    assert executor.capabilities().isolation_level == executor.isolation_level() == IsolationLevel.FILESYSTEM
+    with pytest.raises(IsolationUnavailable, match="isolation Filesystem is below the task's minimum Container"):
+        await executor.execute(request(workspace, "true"))
+    result = await executor.execute(request(workspace, "true", minimum_isolation=IsolationLevel.FILESYSTEM))
+    assert (result.exit_code, result.isolation_level) == (0, IsolationLevel.FILESYSTEM)
+
+
+async def test_without_a_pid_namespace_host_processes_are_visible(workspace):
+    """Why the level drops: what a Container task never sees (tests/isolation: host_processes)."""
+    marker = f"host-{uuid.uuid4().hex[:8]}"
+    host = subprocess.Popen(["/bin/sh", "-c", "sleep 30", marker])
+    try:
+        executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, use_pid_namespace=False))
+        result = await executor.execute(request(workspace, "cat /proc/[0-9]*/cmdline 2>/dev/null; true",
+                                                minimum_isolation=IsolationLevel.FILESYSTEM))
+        assert marker.encode() in result.stdout
+        assert result.isolation_level == IsolationLevel.FILESYSTEM
+    finally:
+        host.kill()
+        host.wait()
+
+
+def test_all_switches_on_is_container_level(executor):
+    caps = executor.capabilities()
+    assert caps.isolation_level == IsolationLevel.CONTAINER
+    assert caps.network_policies == frozenset({NetworkMode.NONE, NetworkMode.LOCALHOST, NetworkMode.FULL})

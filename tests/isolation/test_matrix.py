@@ -34,7 +34,7 @@ def test_limits_are_read_from_the_hostile_calls():
 
 
 def test_only_container_backends_refuse_up_front_and_docker_has_no_disk_limit():
-    assert [b for b in BACKENDS if matrix.refuses_up_front(b)] == ["docker", "podman"]
+    assert [b for b in BACKENDS if matrix.refuses_up_front(b)] == ["namespace", "docker", "podman"]
     disk = next(a for a in matrix.attacks() if a.key == "disk")
     caps = matrix.backend_capabilities()
     assert matrix.verdict("docker", disk, caps["docker"]).startswith("– refused up front")
