@@ -362,3 +362,37 @@ def test_all_switches_on_is_container_level(executor):
     caps = executor.capabilities()
     assert caps.isolation_level == IsolationLevel.CONTAINER
     assert caps.network_policies == frozenset({NetworkMode.NONE, NetworkMode.LOCALHOST, NetworkMode.FULL})
+
+
+def _busybox_root(path: Path) -> Path:
+    (path / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", path / "bin" / "busybox")
+    os.symlink("busybox", path / "bin" / "sh")
+    return path
+
+
+def _tree(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.lstat().st_mtime_ns for p in path.rglob("*")}
+
+
+async def test_a_writable_directory_rootfs_gives_each_task_a_private_layer(tmp_path):
+    root = _busybox_root(tmp_path / "rootfs")
+    (root / "etc").mkdir()
+    (root / "etc" / "motd").write_text("hello\n")
+    before = _tree(root)
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, rootfs=str(root)))
+
+    async def run(script: str):  # type: ignore[no-untyped-def]
+        ws = create_workspace()
+        try:
+            return await executor.execute(ExecutionRequest(
+                task_id=f"layer-{uuid.uuid4().hex[:6]}", argv=("/bin/sh", "-c", script), workspace=ws,
+                env={"PATH": "/bin"}, read_only_root=False, run_as_user=None, timeout_seconds=20))
+        finally:
+            remove_workspace(ws)
+
+    first = await run("echo mine > /planted && echo more >> /etc/motd && /bin/busybox cat /planted /etc/motd")
+    assert (first.exit_code, first.stdout) == (0, b"mine\nhello\nmore\n"), first   # it could write its root ...
+    second = await run("/bin/busybox cat /planted; /bin/busybox cat /etc/motd")
+    assert second.stdout == b"hello\n", second   # ... a later task sees none of it ...
+    assert _tree(root) == before   # ... and the host directory is exactly as it was

@@ -1,7 +1,7 @@
 """A namespace sandbox's file system: a fresh root, the task's directories in it, pivot_root.
 
 With ``rootfs = "host"`` the root is a small tmpfs holding read-only binds of the host's programs
-(``HOST_DIRS``) and a minimal /etc; otherwise the given directory. Every root gets a fresh /proc
+(``HOST_DIRS``) and a minimal /etc; otherwise the given directory under a private writable layer. Every root gets a fresh /proc
 (tunables read-only, kernel state masked), a minimal read-only /dev and a /dev/shm. A spare builds all of that before its task is known
 (``build``); the task's workspace and /tmp come when it does (``task_mounts``). Runs in the
 launcher's forked children, inside their new mount namespace; imports nothing heavy.
@@ -36,7 +36,7 @@ def build(prep: Prepared, default: LaunchSpec) -> str:
             _host_resolver(root)
         host_etc(root, default)
     else:
-        _bind(prep.rootfs, root, readonly=False)
+        root = _private_layer(prep.rootfs, root, prep.shm_size_bytes)
     _populate(root, prep.shm_size_bytes)
     if prep.pivot_early:
         pivot(root)
@@ -81,6 +81,23 @@ def _host_root(root: str) -> None:
     os.mkdir(f"{root}/etc")
     for name in ETC_BINDS:
         _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
+
+
+def _private_layer(rootfs: str, mountpoint: str, size: int) -> str:
+    """A directory rootfs under a writable layer of the task's own; returns the new root.
+
+    overlayfs with the directory as its read-only lower layer and the upper one on a tmpfs of ``size``
+    bytes in this mount namespace: a task allowed to write its root (``readOnlyRootFilesystem: false``)
+    changes only its copy, gone with the task; the directory itself is never written, not even the mount
+    points this module adds.
+    """
+    mount("tmpfs", mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
+    for name in ("upper", "work", "root"):
+        os.mkdir(f"{mountpoint}/{name}")
+    lower = os.path.abspath(rootfs).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+    mount("overlay", f"{mountpoint}/root", "overlay", MS_NOSUID | MS_NODEV,
+          f"lowerdir={lower},upperdir={mountpoint}/upper,workdir={mountpoint}/work")
+    return f"{mountpoint}/root"
 
 
 def etc_key(spec: LaunchSpec) -> tuple:
