@@ -11,6 +11,7 @@ missing or crashes gives a status no test accepts, so a missing tool can never p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -76,13 +77,24 @@ def remove_suid_probe() -> None:
         pass
 
 
+@functools.cache
 def suid_image(engine: str) -> str:
     """An image of ``engine`` (docker or podman): the busybox test image plus suid_probe at SUID_PROBE,
-    setuid root. The bit is set by a RUN step: COPY drops it."""
+    setuid root, checked to raise nobody to root under a plain ``run`` (no no-new-privileges)."""
     binary = build("suid_probe")
     tag = f"localhost/expbuild-suid-probe:{_digest(binary.read_bytes(), BASE_IMAGE.encode())}"
-    if subprocess.run([engine, "image", "inspect", tag], capture_output=True).returncode == 0:
-        return tag
+    if subprocess.run([engine, "image", "inspect", tag], capture_output=True).returncode != 0:
+        _build_suid_image(engine, binary, tag)
+    control = subprocess.run([engine, "run", "--rm", "--user", "65534", "--network", "none", tag, SUID_PROBE],
+                             capture_output=True, text=True)
+    if control.returncode != RAISED:
+        raise ProbeUnavailable(f"{SUID_PROBE} in {tag} does not raise nobody to root under a plain {engine} run "
+                               f"(exit {control.returncode}): {control.stderr.strip()[-400:]}")
+    return tag
+
+
+def _build_suid_image(engine: str, binary: Path, tag: str) -> None:
+    """The bit is set by a RUN step: COPY drops it."""
     with tempfile.TemporaryDirectory() as context:
         shutil.copyfile(binary, Path(context, "suid-probe"))
         Path(context, "Containerfile").write_text(
@@ -91,4 +103,3 @@ def suid_image(engine: str) -> str:
                               capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     if done.returncode != 0:
         raise ProbeUnavailable(f"{engine} cannot build {tag} from {BASE_IMAGE}: {done.stderr.strip()[-400:]}")
-    return tag
