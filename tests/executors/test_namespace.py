@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from expbuild_isolation.api.task import NetworkMode
+from expbuild_isolation.api.task import IsolationLevel, NetworkMode
 from expbuild_isolation.executors import cgroups
-from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits, TerminationReason
+from expbuild_isolation.executors.base import (ExecutionRequest, IsolationUnavailable, NetworkPolicy, ResourceLimits,
+                                               TerminationReason)
 from expbuild_isolation.executors.config import NamespaceConfig
 from expbuild_isolation.executors.namespace import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
+from expbuild_isolation.worker.config import ConfigError, load_worker_config
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="the namespace executor needs root (namespaces, cgroups)")]
@@ -242,7 +245,154 @@ async def test_a_spare_cgroup_takes_the_tasks_name_and_limits(executor, workspac
     assert seen, "the task's cgroup never took its name"
     assert (seen["pids"] / "pids.max").read_text().strip() == "33"
     assert int((seen["memory"] / "memory.limit_in_bytes").read_text()) == 96 << 20
+    assert (seen["pids"] / "cgroup.procs").read_text().split(), "the task is not in the cgroup of its name"
     result = await run
     assert result.exit_code == 0, result
-    assert b"named-task-" in result.stdout, result.stdout
+    assert b"pids:/\n" in result.stdout, result.stdout   # in its own cgroup namespace
     assert our_cgroups() == []
+
+
+# What runc masks (and /proc/kallsyms): kernel state a task has no business reading.
+PROC_MASKED = ("acpi", "asound", "kallsyms", "kcore", "keys", "latency_stats", "sched_debug", "scsi", "timer_list",
+               "timer_stats")
+
+
+def _host_has_content(name: str) -> bool:
+    path = Path("/proc", name)
+    if path.is_dir():
+        return any(path.iterdir())
+    with open(path, "rb") as handle:
+        return bool(handle.read(1))
+
+
+async def test_kernel_state_in_proc_is_masked(executor, workspace):
+    present = [name for name in PROC_MASKED if Path("/proc", name).exists()]
+    # positive control: these are there, with content, for the host (and so the copies below could hold it)
+    assert {"kallsyms", "timer_list"} <= {name for name in present if _host_has_content(name)}
+    copies = "; ".join(f"if [ -d /proc/{n} ]; then ls -A /proc/{n} > {n}.seen; else cat /proc/{n} > {n}.seen; fi"
+                       for n in present)
+    result = await executor.execute(request(workspace, f"{copies}; cat /proc/version > version.seen; true"))
+    assert result.exit_code == 0, result
+    assert (workspace / "version.seen").stat().st_size > 0   # the copy works where nothing is masked
+    assert {name: (workspace / f"{name}.seen").stat().st_size for name in present} == dict.fromkeys(present, 0)
+
+
+async def test_the_host_cgroup_path_is_not_visible(executor, workspace):
+    task_id = f"cgroup-{uuid.uuid4().hex[:6]}"
+    result = await executor.execute(request(workspace, "cat /proc/self/cgroup > cgroup.seen", task_id=task_id))
+    assert result.exit_code == 0, result
+    lines = (workspace / "cgroup.seen").read_text().splitlines()
+    assert lines   # the copy works
+    assert [line for line in lines if line.rsplit(":", 1)[1] != "/"] == []   # the task's cgroup is its root
+
+
+# -- switches in NamespaceConfig: refused when unimplemented, reported truthfully when they weaken ------------
+
+@pytest.mark.parametrize("line, fragment", [
+    ("use_user_namespace = true", "executor.namespace.use_user_namespace: the user-namespace mode is not implemented"),
+    ("use_mount_namespace = false", "executor.namespace.use_mount_namespace: the sandbox cannot work without"),
+])
+def test_unimplemented_switches_are_config_errors(tmp_path, line, fragment):
+    path = tmp_path / "worker.toml"
+    path.write_text(f"[executor]\ntype = 'namespace'\n[executor.namespace]\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_worker_config(path)
+    assert fragment in str(caught.value)
+    assert "(got " in str(caught.value)
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    return listener
+
+
+def _accepted(listener: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return count
+        conn.close()
+        count += 1
+
+
+async def test_without_a_network_namespace_only_full_is_offered_and_none_is_refused(workspace):
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, use_network_namespace=False))
+    assert executor.capabilities().network_policies == frozenset({NetworkMode.FULL})
+    with _listener() as listener:
+        script = f"echo hi | /bin/busybox nc -w 2 127.0.0.1 {listener.getsockname()[1]}"
+        with pytest.raises(IsolationUnavailable, match="cannot enforce network policy None"):
+            await executor.execute(request(workspace, script))
+        assert _accepted(listener) == 0
+        full = await executor.execute(request(workspace, script, limits=ResourceLimits(
+            network=NetworkPolicy(NetworkMode.FULL))))
+        assert _accepted(listener) == 1, full   # positive control: the same probe reaches the host when allowed
+
+
+@pytest.mark.parametrize("switch", ["use_pid_namespace", "use_uts_namespace", "use_ipc_namespace"])
+async def test_sharing_a_host_namespace_lowers_the_isolation_level(workspace, switch):
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, **{switch: False}))
+    assert executor.capabilities().isolation_level == executor.isolation_level() == IsolationLevel.FILESYSTEM
+    with pytest.raises(IsolationUnavailable, match="isolation Filesystem is below the task's minimum Container"):
+        await executor.execute(request(workspace, "true"))
+    result = await executor.execute(request(workspace, "true", minimum_isolation=IsolationLevel.FILESYSTEM))
+    assert (result.exit_code, result.isolation_level) == (0, IsolationLevel.FILESYSTEM)
+
+
+async def test_without_a_pid_namespace_host_processes_are_visible(workspace):
+    """Why the level drops: what a Container task never sees (tests/isolation: host_processes)."""
+    marker = f"host-{uuid.uuid4().hex[:8]}"
+    host = subprocess.Popen(["/bin/sh", "-c", "sleep 30", marker])
+    try:
+        executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, use_pid_namespace=False))
+        result = await executor.execute(request(workspace, "cat /proc/[0-9]*/cmdline 2>/dev/null; true",
+                                                minimum_isolation=IsolationLevel.FILESYSTEM))
+        assert marker.encode() in result.stdout
+        assert result.isolation_level == IsolationLevel.FILESYSTEM
+    finally:
+        host.kill()
+        host.wait()
+
+
+def test_all_switches_on_is_container_level(executor):
+    caps = executor.capabilities()
+    assert caps.isolation_level == IsolationLevel.CONTAINER
+    assert caps.network_policies == frozenset({NetworkMode.NONE, NetworkMode.LOCALHOST, NetworkMode.FULL})
+
+
+def _busybox_root(path: Path) -> Path:
+    (path / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", path / "bin" / "busybox")
+    os.symlink("busybox", path / "bin" / "sh")
+    return path
+
+
+def _tree(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.lstat().st_mtime_ns for p in path.rglob("*")}
+
+
+async def test_a_writable_directory_rootfs_gives_each_task_a_private_layer(tmp_path):
+    root = _busybox_root(tmp_path / "rootfs")
+    (root / "etc").mkdir()
+    (root / "etc" / "motd").write_text("hello\n")
+    before = _tree(root)
+    executor = NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT, rootfs=str(root)))
+
+    async def run(script: str):  # type: ignore[no-untyped-def]
+        ws = create_workspace()
+        try:
+            return await executor.execute(ExecutionRequest(
+                task_id=f"layer-{uuid.uuid4().hex[:6]}", argv=("/bin/sh", "-c", script), workspace=ws,
+                env={"PATH": "/bin"}, read_only_root=False, run_as_user=None, timeout_seconds=20))
+        finally:
+            remove_workspace(ws)
+
+    first = await run("echo mine > /planted && echo more >> /etc/motd && /bin/busybox cat /planted /etc/motd")
+    assert (first.exit_code, first.stdout) == (0, b"mine\nhello\nmore\n"), first   # it could write its root ...
+    second = await run("/bin/busybox cat /planted; /bin/busybox cat /etc/motd")
+    assert second.stdout == b"hello\n", second   # ... a later task sees none of it ...
+    assert _tree(root) == before   # ... and the host directory is exactly as it was

@@ -6,7 +6,10 @@ so CI cannot pass by skipping everything.
 
 Expectations live in ONE table, ``EXPECTED``: (backend, attack) -> why that
 backend is expected to lose (strict xfail: an unexpected pass is reported), or
-``Skip(...)`` when running the attack there would harm the machine.
+``Skip(...)`` when running the attack there would harm the machine. Only a
+failed assertion counts as the expected loss (``raises=AssertionError``; attacks
+judged by a probe raise ``EscapeSucceeded``, one): a crash, a missing tool or a
+positive control that did not work (``ControlFailed``) fails the test everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
@@ -28,12 +32,22 @@ from expbuild_isolation.executors.workspace import create_workspace, remove_work
 from expbuild_isolation.worker.chain import build_executor
 from expbuild_isolation.worker.config import WorkerConfig
 
+from . import probes
+
 BACKENDS = ["host", "namespace", "docker", "podman"]
 
 
 @dataclass(frozen=True)
 class Skip:
     reason: str
+
+
+class EscapeSucceeded(AssertionError):
+    """The kernel let the attack through (judged from the host side)."""
+
+
+class ControlFailed(Exception):
+    """The positive control did not work, so the attack cannot be judged: never an expected loss."""
 
 
 _HOST_SHARES = "the host executor runs on the host: Process isolation, no namespaces"
@@ -45,7 +59,7 @@ EXPECTED: dict[tuple[str, str], str | Skip] = {
     ("host", "fork_bomb"): Skip("the host executor has no pids limit; as root a fork bomb would take the machine down"),
     ("host", "memory"): _HOST_SHARES + " (no memory limit)",
     ("host", "disk"): _HOST_SHARES + " (no disk limit)",
-    ("host", "strict_syscalls"): _HOST_SHARES + " (no seccomp)",
+    ("host", "default_seccomp"): _HOST_SHARES + " (no seccomp)",
     ("host", "setuid"): _HOST_SHARES + " (runs as the worker's user, no no_new_privs)",
     ("host", "host_processes"): _HOST_SHARES + " (shares the PID namespace)",
     ("host", "hostname"): Skip("the host executor shares the UTS namespace; the attack would rename this machine"),
@@ -81,7 +95,7 @@ async def backend(request):
     if isinstance(expectation, Skip):
         pytest.skip(expectation.reason)
     if expectation is not None:
-        request.node.add_marker(pytest.mark.xfail(reason=expectation, strict=True))
+        request.node.add_marker(pytest.mark.xfail(reason=expectation, strict=True, raises=AssertionError))
     return Backend(executor)
 
 
@@ -109,7 +123,7 @@ ATTACK_NAMES = {
     "allocating_past_the_memory_limit_is_oom_killed": "memory",
     "filling_the_disk_stops_at_the_limit": "disk",
     "a_daemonized_grandchild_does_not_outlive_the_timeout": "daemon",
-    "strict_seccomp_refuses_namespaces_mounts_ptrace_keyctl": "strict_syscalls",
+    "default_seccomp_refuses_user_namespaces_and_kernel_attack_surface": "default_seccomp",
     "setuid_binaries_do_not_raise_privileges": "setuid",
     "host_processes_are_invisible": "host_processes",
     "the_hosts_hostname_is_unchanged": "hostname",
@@ -125,6 +139,38 @@ def workspace():
     remove_workspace(path)
 
 
+def _probe_unavailable(reason: str) -> None:
+    if required_backends():
+        pytest.fail(f"the escape suite's probes are required here (EXPBUILD_REQUIRE_BACKENDS): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def syscall_probe() -> Path:
+    """The static syscall_probe (see probes/); copy it into a workspace to run it."""
+    try:
+        return probes.build("syscall_probe")
+    except probes.ProbeUnavailable as exc:
+        _probe_unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def suid_probe_on_host():
+    """suid_probe installed setuid root on the host, checked to raise a caller to euid 0 there."""
+    try:
+        path = probes.install_suid_probe()
+    except probes.ProbeUnavailable as exc:
+        _probe_unavailable(str(exc))
+    try:
+        control = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(path)],
+                                 capture_output=True, text=True)
+        if control.returncode != probes.RAISED:
+            raise ControlFailed(f"{path} does not raise nobody to root on the host: {control.stderr.strip()}")
+        yield path
+    finally:
+        probes.remove_suid_probe()
+
+
 @pytest.fixture
 def marker() -> str:
     return f"expbuild-marker-{uuid.uuid4().hex[:12]}"
@@ -133,10 +179,11 @@ def marker() -> str:
 def hostile(workspace: Path, script: str, *, marker: str = "hostile", timeout: float = 20.0,
             memory: int | None = None, pids: int | None = None, disk: int | None = None,
             network: NetworkMode = NetworkMode.NONE, seccomp: str = "RuntimeDefault",
-            outputs: tuple[str, ...] = (), run_as_user: int | None = 65534) -> ExecutionRequest:
+            outputs: tuple[str, ...] = (), run_as_user: int | None = 65534, image: str = "") -> ExecutionRequest:
     """A request running ``script`` under /bin/sh; ``marker`` is $0, so it is in every shell's cmdline."""
     return ExecutionRequest(
         task_id=f"escape-{uuid.uuid4().hex[:8]}", argv=("/bin/sh", "-c", script, marker), workspace=workspace,
+        image=image,
         output_paths=outputs, timeout_seconds=timeout, seccomp_profile=seccomp, run_as_user=run_as_user,
         limits=ResourceLimits(memory_bytes=memory, max_processes=pids, disk_bytes=disk,
                               network=NetworkPolicy(network)),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from expbuild_isolation.api.task import IsolationLevel, NetworkMode
 from expbuild_isolation.executors.base import ExecutionRequest, ExecutorCapabilities
-from expbuild_isolation.executors.config import DockerConfig, HostConfig, PodmanConfig
+from expbuild_isolation.executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 from expbuild_isolation.executors.docker import DockerExecutor
 from expbuild_isolation.executors.docker_spec import capabilities_for
 from expbuild_isolation.executors.host import HostExecutor
@@ -73,8 +73,9 @@ def _hostile_limits(function: ast.AST) -> dict:
 
 def backend_capabilities() -> dict[str, ExecutorCapabilities]:
     """What each backend declares with its default configuration, without starting it."""
-    # NamespaceExecutor() probes the machine and sweeps old cgroups; capabilities() reads no state.
+    # NamespaceExecutor() probes the machine and sweeps old cgroups; capabilities() reads only its config.
     namespace = NamespaceExecutor.__new__(NamespaceExecutor)
+    namespace.config = NamespaceConfig()
     return {"host": HostExecutor(HostConfig()).capabilities(), "namespace": namespace.capabilities(),
             "docker": capabilities_for(DockerConfig()), "podman": capabilities_for(PodmanConfig()),
             "docker + runsc": capabilities_for(DockerConfig(runtime="runsc"))}

@@ -8,11 +8,9 @@ declared in ``conftest.EXPECTED``.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
-import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -22,7 +20,8 @@ import pytest
 from expbuild_isolation.api.task import NetworkMode
 from expbuild_isolation.executors.base import TerminationReason
 
-from .conftest import hostile, host_address, host_is_responsive, processes_with
+from . import probes
+from .conftest import ControlFailed, EscapeSucceeded, hostile, host_address, host_is_responsive, processes_with
 
 BB = "/bin/busybox"
 MiB = 1 << 20
@@ -117,45 +116,61 @@ async def test_a_daemonized_grandchild_does_not_outlive_the_timeout(backend, wor
     assert processes_with(marker) == []
 
 
-async def test_strict_seccomp_refuses_namespaces_mounts_ptrace_keyctl(backend, workspace):
-    python_probe = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
-                    "r = [libc.syscall(n, 0, 0, 0, 0) == -1 and ctypes.get_errno() for n in (250, 101)]; "
-                    "print('probe', r)")
-    script = (f"{BB} unshare -r -n {BB} true && echo unshared; "
-              f"{BB} unshare -r -m {BB} mount -t tmpfs none /tmp && echo mounted; "
-              f"if [ -x /usr/bin/python3 ] && [ \"$({BB} uname -m)\" = x86_64 ]; then "
-              f"/usr/bin/python3 -c \"{python_probe}\"; fi; true")
-    result = await backend.execute(hostile(workspace, script, seccomp="expbuild-strict"))
-    assert b"unshared" not in result.stdout and b"mounted" not in result.stdout, result.stdout
-    assert b"Operation not permitted" in result.stderr or b"not permitted" in result.stderr.lower()
-    if b"probe" in result.stdout:
-        assert b"probe [1, 1]" in result.stdout   # keyctl and ptrace: EPERM
+# probe group -> what the default profile answers every call of it with (syscall_probe's exit status)
+SECCOMP_GROUPS = {
+    "userns": probes.ALL_EPERM,            # unshare(CLONE_NEWUSER): the door to mounts and netfilter as "root"
+    "clone-newuser": probes.ALL_EPERM,     # the same through clone's flags
+    "mount-in-userns": probes.ALL_EPERM,   # unshare -r -m; mount -t tmpfs
+    "clone3": probes.ALL_ENOSYS,           # so that libc falls back to clone, whose flags the filter reads
+    "io_uring": probes.ALL_EPERM,
+    "keyring": probes.ALL_EPERM,           # add_key, keyctl
+    "ptrace": probes.ALL_EPERM,            # ptrace(ATTACH), process_vm_readv
+    "personality": probes.ALL_EPERM,       # ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC
+    "userfaultfd": probes.ALL_EPERM,
+    "perf": probes.ALL_EPERM,
+}
+
+
+async def unconfined_control(backend, workspace: Path, probe: Path, group: str) -> None:
+    """The same probe without a filter must get through, or the attack proves nothing here."""
+    control = await backend.execute(hostile(workspace, f"exec ./{probe.name} {group}", seccomp="Unconfined"))
+    if control.exit_code != probes.WORKED:
+        raise ControlFailed(f"{group} does not work even without a filter here (exit {control.exit_code}): "
+                            f"{control.stderr.decode(errors='replace')}")
+
+
+@pytest.mark.parametrize("group", sorted(SECCOMP_GROUPS))
+async def test_default_seccomp_refuses_user_namespaces_and_kernel_attack_surface(backend, workspace, syscall_probe,
+                                                                              group):
+    shutil.copy(syscall_probe, workspace / syscall_probe.name)
+    await unconfined_control(backend, workspace, syscall_probe, group)
+    result = await backend.execute(hostile(workspace, f"exec ./{syscall_probe.name} {group}",
+                                           seccomp="RuntimeDefault"))
+    answer = result.stderr.decode(errors="replace")
+    if result.exit_code in (probes.WORKED, probes.MIXED):
+        raise EscapeSucceeded(f"{group} went through under RuntimeDefault: {answer}")
+    assert result.exit_code == SECCOMP_GROUPS[group], answer
 
 
 @pytest.fixture
-def setuid_probe(workspace):
-    """A root-owned setuid program in the workspace that prints its effective uid."""
-    source = workspace / "probe.c"
-    source.write_text('#include <stdio.h>\n#include <unistd.h>\n'
-                      'int main(void){printf("euid=%d\\n",(int)geteuid());return 0;}\n')
-    target = workspace / "suid-probe"
-    if shutil.which("cc") and subprocess.run(["cc", "-static", "-O", "-o", str(target), str(source)]).returncode == 0:
-        pass
-    else:
-        shutil.copy("/bin/busybox", target)
-    source.unlink()
-    os.chown(target, 0, 0)
-    target.chmod(0o4755)
-    assert target.stat().st_mode & stat.S_ISUID
-    return target
+async def setuid_image(backend, suid_probe_on_host):  # type: ignore[no-untyped-def]
+    """Where the task finds suid_probe with its bit: the host (host, namespace) or a derived image."""
+    if not backend.executor.capabilities().uses_image:
+        return ""
+    try:
+        return await asyncio.to_thread(probes.suid_image, backend.name)
+    except probes.ProbeUnavailable as exc:
+        raise ControlFailed(str(exc)) from None
 
 
-async def test_setuid_binaries_do_not_raise_privileges(backend, workspace, setuid_probe):
-    script = f"{BB} grep NoNewPrivs /proc/self/status; ./{setuid_probe.name} id -u; {BB} id -u"
-    result = await backend.execute(hostile(workspace, script))
-    assert re.search(rb"NoNewPrivs:\s*1", result.stdout), result.stdout
-    assert b"euid=0" not in result.stdout
-    assert not re.search(rb"^0$", result.stdout, re.M)
+async def test_setuid_binaries_do_not_raise_privileges(backend, workspace, setuid_image):
+    script = f"{BB} grep NoNewPrivs /proc/self/status >&2; exec {probes.SUID_PROBE}"
+    result = await backend.execute(hostile(workspace, script, image=setuid_image))
+    answer = result.stderr.decode(errors="replace")
+    if result.exit_code == probes.RAISED:
+        raise EscapeSucceeded(f"a setuid-root program made the task root: {answer}")
+    assert result.exit_code == probes.NOT_RAISED, answer
+    assert re.search(r"NoNewPrivs:\s*1", answer), answer
 
 
 async def test_host_processes_are_invisible(backend, workspace, marker):

@@ -30,11 +30,11 @@ def test_limits_are_read_from_the_hostile_calls():
     limits = {attack.key: attack.limits for attack in matrix.attacks()}
     assert limits["disk"]["disk"] == 16 << 20
     assert limits["fork_bomb"]["pids"] == 64
-    assert limits["strict_syscalls"]["seccomp"] == "expbuild-strict"
+    assert limits["default_seccomp"]["seccomp"] == "RuntimeDefault"
 
 
 def test_only_container_backends_refuse_up_front_and_docker_has_no_disk_limit():
-    assert [b for b in BACKENDS if matrix.refuses_up_front(b)] == ["docker", "podman"]
+    assert [b for b in BACKENDS if matrix.refuses_up_front(b)] == ["namespace", "docker", "podman"]
     disk = next(a for a in matrix.attacks() if a.key == "disk")
     caps = matrix.backend_capabilities()
     assert matrix.verdict("docker", disk, caps["docker"]).startswith("– refused up front")

@@ -43,19 +43,40 @@ class HostConfig(Section):
 
 
 class NamespaceConfig(Section):
-    """seed 5.3: Linux namespaces + cgroups + seccomp, rootfs from the host or a directory."""
+    """seed 5.3: Linux namespaces + cgroups + seccomp, rootfs from the host or a directory.
+
+    Turning off the pid, uts or ipc namespace lowers the isolation level the executor reports to
+    Filesystem; turning off the network namespace leaves only network Full. The mount namespace cannot be
+    turned off, and the user-namespace mode does not exist: asking for either is an error.
+    """
 
     use_pid_namespace: bool = True
     use_mount_namespace: bool = True
     use_network_namespace: bool = True
     use_uts_namespace: bool = True
     use_ipc_namespace: bool = True
-    use_user_namespace: bool | Literal["auto"] = "auto"
+    use_user_namespace: bool | Literal["auto"] = "auto"   # "auto": only where it would be needed (not root)
     cgroup_parent: str | None = None      # e.g. "expbuild"; a relative name under each hierarchy's root
     rootfs: str = "host"                  # "host" (read-only binds of /usr, /bin, /lib*, /etc essentials) or a dir
     tmp_size_bytes: int = Field(64 << 20, gt=0)
     workspace_tmpfs: bool = False         # put the workspace on a size-limited tmpfs (hard disk limit)
     default_limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig(max_processes=1024))
+
+    @field_validator("use_mount_namespace")
+    @classmethod
+    def _mount_namespace_is_required(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("the sandbox cannot work without its mount namespace (its own root, /workspace, "
+                             "/proc); accepted: true")
+        return value
+
+    @field_validator("use_user_namespace")
+    @classmethod
+    def _no_user_namespace_mode(cls, value: bool | str) -> bool | str:
+        if value is True:
+            raise ValueError("the user-namespace mode is not implemented (the executor runs as root and creates "
+                             "no user namespace); accepted: false or \"auto\"")
+        return value
 
 
 class DockerConfig(Section):

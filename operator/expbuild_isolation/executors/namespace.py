@@ -17,6 +17,11 @@ Network: None gives a network namespace whose loopback stays *down* (even
 127.0.0.1 is unreachable); Localhost brings lo up, alone; Full shares the host
 network; Restricted is not offered (no per-task firewall here).
 
+What it claims follows its configuration (``capabilities()``): a namespace
+switched off in ``NamespaceConfig`` lowers the isolation level or the network
+policies offered, and ``execute`` refuses a task those do not cover, as
+selection would.
+
 Disk: with a disk limit the task runs in a host tmpfs of that size holding a
 copy of its workspace and its /tmp (``disk_limit.py``).
 """
@@ -34,10 +39,11 @@ from pathlib import Path
 from ..api.task import IsolationLevel, NetworkMode
 from . import cgroups, linux, nsinit, seccomp
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
-                   TerminationReason)
+                   IsolationUnavailable, TerminationReason)
 from .config import NamespaceConfig
 from .disk_limit import chown_tree, copy_back_and_remove, make_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
+from .select import unmet_requirements
 from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
                      unique_suffix)
 from .workspace import collect_outputs
@@ -57,13 +63,18 @@ class NamespaceExecutor:
     # -- the contract -------------------------------------------------------------------------
 
     def isolation_level(self) -> IsolationLevel:
-        return IsolationLevel.CONTAINER
+        """Container with every namespace; Filesystem (own root, shared processes, hostname or IPC) without
+        the pid, uts or ipc one. The network namespace shows in the network policies instead."""
+        config = self.config
+        shared = not (config.use_pid_namespace and config.use_uts_namespace and config.use_ipc_namespace)
+        return IsolationLevel.FILESYSTEM if shared else IsolationLevel.CONTAINER
 
     def capabilities(self) -> ExecutorCapabilities:
+        networks = {NetworkMode.NONE, NetworkMode.LOCALHOST, NetworkMode.FULL}
         return ExecutorCapabilities(
-            isolation_level=IsolationLevel.CONTAINER, supports_cpu_limit=True, supports_memory_limit=True,
+            isolation_level=self.isolation_level(), supports_cpu_limit=True, supports_memory_limit=True,
             supports_disk_limit=True, supports_pids_limit=True,
-            network_policies=frozenset({NetworkMode.NONE, NetworkMode.LOCALHOST, NetworkMode.FULL}),
+            network_policies=frozenset(networks if self.config.use_network_namespace else {NetworkMode.FULL}),
             supports_readonly_rootfs=True,
             seccomp_profiles=frozenset({"RuntimeDefault", "expbuild-default", "expbuild-strict", "Unconfined"}),
             uses_image=False)
@@ -89,8 +100,9 @@ class NamespaceExecutor:
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         if self._problem:
             raise ExecutorUnavailable(self._problem)
-        if request.limits.network.mode == NetworkMode.RESTRICTED:
-            raise ExecutorUnavailable("namespace executor cannot enforce network policy Restricted")
+        missing = unmet_requirements(self.capabilities(), request)
+        if missing:
+            raise IsolationUnavailable(f"{self.name}: " + "; ".join(missing))
         profile = seccomp.resolve_profile_name(request.seccomp_profile)
         limits = request.limits.merged_over(self._defaults)
         started = time.monotonic()
@@ -156,6 +168,11 @@ class NamespaceExecutor:
             import pyseccomp  # noqa: F401
         except (ImportError, OSError) as exc:
             return f"needs libseccomp (pyseccomp): {exc}"
+        for profile in seccomp.PROFILES.values():
+            try:
+                seccomp.check_names(profile)
+            except seccomp.SeccompProfileError as exc:
+                return f"cannot build its seccomp filters: {exc}"
         if self.config.rootfs != "host" and not Path(self.config.rootfs, "bin").exists():
             return f"rootfs {self.config.rootfs!r} has no bin/; set rootfs to \"host\" or a root filesystem directory"
         return None
@@ -276,7 +293,7 @@ class NamespaceExecutor:
         else:
             code, reason, message = 137, TerminationReason.NON_ZERO_EXIT, "the launcher was killed"
         return ExecutionResult(
-            exit_code=code, reason=reason, executor=self.name, isolation_level=IsolationLevel.CONTAINER,
+            exit_code=code, reason=reason, executor=self.name, isolation_level=self.isolation_level(),
             stdout=stdout, stderr=stderr, stdout_truncated=out_trunc, stderr_truncated=err_trunc,
             output_files=tuple(files), output_problems=tuple(problems), message=message,
             stats=ExecutionStats(duration_seconds=duration, cpu_time_seconds=stats.cpu_time_seconds,

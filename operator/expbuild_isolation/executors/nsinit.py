@@ -14,7 +14,8 @@ for writing. The zygote forks:
 
     zygote ── fork ──> waiter: setsid, unshare(namespaces), fork, then waits
                         └──> pid 1 of the new PID namespace: joins the task
-                             cgroup, private mounts, a fresh root (read-only
+                             cgroup and makes it the root of a new cgroup
+                             namespace, private mounts, a fresh root (read-only
                              host binds, /proc, /dev, /etc), pivot_root,
                              hostname, oom score, bounding set dropped --
                              then blocks on the socket.
@@ -51,7 +52,7 @@ import time
 
 from . import sandbox_root, seccomp
 from .launch import LaunchSpec, Prepared, default_spec, effective_namespaces
-from .linux import NAMESPACE_FLAGS, PR_SET_PDEATHSIG, libc, unshare
+from .linux import CLONE_NEWCGROUP, NAMESPACE_FLAGS, PR_SET_PDEATHSIG, libc, unshare
 from .privileges import drop_bounding_set, drop_privileges, last_cap
 
 _TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<slot> <stage> <monotonic ns>" lines
@@ -102,6 +103,7 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
     default = default_spec(prep.host_network)
     try:
         _join_cgroup(prep, cgroup_fds)
+        unshare(CLONE_NEWCGROUP)   # the task cgroup is the root of what /proc/self/cgroup shows: no host path
         trace("p.cgroup", slot)
         if "mount" in prep.namespaces:
             root = sandbox_root.build(prep, default)

@@ -1,8 +1,8 @@
 """A namespace sandbox's file system: a fresh root, the task's directories in it, pivot_root.
 
 With ``rootfs = "host"`` the root is a small tmpfs holding read-only binds of the host's programs
-(``HOST_DIRS``) and a minimal /etc; otherwise the given directory. Every root gets a fresh, masked
-/proc, a minimal read-only /dev and a /dev/shm. A spare builds all of that before its task is known
+(``HOST_DIRS``) and a minimal /etc; otherwise the given directory under a private writable layer. Every root gets a fresh /proc
+(tunables read-only, kernel state masked), a minimal read-only /dev and a /dev/shm. A spare builds all of that before its task is known
 (``build``); the task's workspace and /tmp come when it does (``task_mounts``). Runs in the
 launcher's forked children, inside their new mount namespace; imports nothing heavy.
 """
@@ -21,6 +21,9 @@ HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_BINDS = ("nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime",
              "host.conf", "gai.conf")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+PROC_MASKED = ("acpi", "asound", "kallsyms", "kcore", "keys", "latency_stats", "sched_debug", "scsi", "timer_list",
+               "timer_stats")
 
 
 def build(prep: Prepared, default: LaunchSpec) -> str:
@@ -33,7 +36,7 @@ def build(prep: Prepared, default: LaunchSpec) -> str:
             _host_resolver(root)
         host_etc(root, default)
     else:
-        _bind(prep.rootfs, root, readonly=False)
+        root = _private_layer(prep.rootfs, root, prep.shm_size_bytes)
     _populate(root, prep.shm_size_bytes)
     if prep.pivot_early:
         pivot(root)
@@ -80,6 +83,23 @@ def _host_root(root: str) -> None:
         _bind_file(f"/etc/{name}", f"{root}/etc/{name}")
 
 
+def _private_layer(rootfs: str, mountpoint: str, size: int) -> str:
+    """A directory rootfs under a writable layer of the task's own; returns the new root.
+
+    overlayfs with the directory as its read-only lower layer and the upper one on a tmpfs of ``size``
+    bytes in this mount namespace: a task allowed to write its root (``readOnlyRootFilesystem: false``)
+    changes only its copy, gone with the task; the directory itself is never written, not even the mount
+    points this module adds.
+    """
+    mount("tmpfs", mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
+    for name in ("upper", "work", "root"):
+        os.mkdir(f"{mountpoint}/{name}")
+    lower = os.path.abspath(rootfs).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+    mount("overlay", f"{mountpoint}/root", "overlay", MS_NOSUID | MS_NODEV,
+          f"lowerdir={lower},upperdir={mountpoint}/upper,workdir={mountpoint}/work")
+    return f"{mountpoint}/root"
+
+
 def etc_key(spec: LaunchSpec) -> tuple:
     """What :func:`host_etc` writes depends on: a task whose key differs from the spare's rewrites it."""
     return spec.uid, spec.gid, spec.hostname, spec.network == "full"
@@ -113,9 +133,7 @@ def _populate(root: str, shm_size: int) -> None:
     for name in ("workspace", "proc", "dev", "tmp"):
         os.makedirs(f"{root}/{name}", exist_ok=True)
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for masked in ("sys", "sysrq-trigger", "irq", "bus"):
-        if os.path.exists(f"{root}/proc/{masked}"):
-            _bind(f"{root}/proc/{masked}", f"{root}/proc/{masked}", readonly=True, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mask_proc(f"{root}/proc")
     dev = f"{root}/dev"
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
     for node in DEV_NODES:
@@ -128,6 +146,21 @@ def _populate(root: str, shm_size: int) -> None:
     os.mkdir(f"{dev}/shm")
     mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={shm_size},mode=1777")
     mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC | MS_RDONLY)
+
+
+def _mask_proc(proc: str) -> None:
+    """As runc does: kernel tunables read-only; kernel state a task has no business reading (symbol
+    addresses, keys, timers and scheduler state of the whole machine, hardware) masked -- /dev/null over
+    a file, an empty read-only tmpfs over a directory."""
+    for name in PROC_READ_ONLY:
+        if os.path.exists(f"{proc}/{name}"):
+            _bind(f"{proc}/{name}", f"{proc}/{name}", readonly=True, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_MASKED:
+        path = f"{proc}/{name}"
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+        elif os.path.exists(path):
+            _bind("/dev/null", path, readonly=True, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def _attach(tree: int | None, source: str, target: str, *, extra: int = MS_NOSUID | MS_NODEV) -> None:
