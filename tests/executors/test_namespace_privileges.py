@@ -46,3 +46,14 @@ def test_the_namespace_executor_runs_with_a_containers_capabilities(tmp_path):
     status = run_with_caps(tmp_path, CONTAINER_CAPS, resources={"memory": "64Mi", "pids": 32})
     assert (status["phase"], status["executor"]) == ("Succeeded", "namespace"), status
     assert "in-sandbox" in status["logs"]["stdoutTail"]
+
+
+def test_a_missing_privilege_is_named_with_its_step_and_is_not_the_tasks_failure(tmp_path):
+    # Without CAP_NET_ADMIN the sandbox cannot bring up a task's loopback: say that, not "[Errno 1]".
+    status = run_with_caps(tmp_path, [cap for cap in CONTAINER_CAPS], network={"policy": "Localhost"})
+    assert (status["phase"], status["reason"]) == ("Error", "SandboxFailed"), status
+    assert "bring up lo" in status["message"] and "CAP_NET_ADMIN" in status["message"], status["message"]
+    assert "Operation not permitted" in status["message"] and "exitCode" not in status
+    # The positive control: with CAP_NET_ADMIN (the chart's agent.addCapabilities) the same task runs.
+    status = run_with_caps(tmp_path, [*CONTAINER_CAPS, "net_admin"], network={"policy": "Localhost"})
+    assert status["phase"] == "Succeeded", status

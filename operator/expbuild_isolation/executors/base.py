@@ -102,6 +102,7 @@ class TerminationReason(str, enum.Enum):
     PIDS_LIMIT = "PidsLimit"             # fork was refused at the pids limit and the task failed
     CANCELLED = "Cancelled"
     START_FAILED = "StartFailed"         # the program could not be started (exit 127)
+    SANDBOX_FAILED = "SandboxFailed"     # the sandbox could not be built (a privilege or kernel feature missing)
 
 
 @dataclass(frozen=True)

@@ -283,7 +283,12 @@ class NamespaceExecutor:
         elif stats.oom_killed:
             code, reason, message = 137, TerminationReason.OOM_KILLED, "killed by the kernel at the memory limit"
         elif errors:
-            code, reason, message = 127, TerminationReason.START_FAILED, errors[0].split("-error: ", 1)[1]
+            stage, _, detail = errors[0].partition("-error: ")
+            if stage == "exec":   # the task's own program could not start
+                code, reason, message = 127, TerminationReason.START_FAILED, detail
+            else:                 # the sandbox could not be built: a privilege or the kernel, not the task
+                code, reason = 127, TerminationReason.SANDBOX_FAILED
+                message = f"the sandbox could not be set up: {detail}"
         elif ends:
             kind, number = ends[-1].split()
             code = int(number) if kind == "exit" else 128 + int(number)

@@ -101,19 +101,25 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
     problem: BaseException | None = None
     root = sandbox_root.ROOT_MOUNTPOINT
     default = default_spec(prep.host_network)
+    step = Step("join the task cgroup")
     try:
         _join_cgroup(prep, cgroup_fds)
+        step("unshare(CLONE_NEWCGROUP)")
         unshare(CLONE_NEWCGROUP)   # the task cgroup is the root of what /proc/self/cgroup shows: no host path
         trace("p.cgroup", slot)
         if "mount" in prep.namespaces:
+            step("build the sandbox root")
             root = sandbox_root.build(prep, default)
         if "uts" in prep.namespaces:
+            step("sethostname")
             socket.sethostname(default.hostname)
+        step("write /proc/self/oom_score_adj")
         with open("/proc/self/oom_score_adj", "w") as handle:
             handle.write("500")   # the task, not its waiter, is what the OOM killer should pick
+        step("drop the capability bounding set")
         drop_bounding_set()
     except BaseException as exc:  # noqa: BLE001 - reported to the task that comes for this spare
-        problem = exc
+        problem = step.failed(exc)
     trace("p.prepared", slot)
     try:
         message, fds, _, _ = socket.recv_fds(tasks, 1 << 20, 8)
@@ -126,36 +132,47 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         os.set_inheritable(fd, False)   # SCM_RIGHTS delivers inheritable fds: the task must not hold the status pipe
     trace("p.launch", slot)
     stage = "setup"
+    step = Step("setpriority(PRIO_PGRP)")
     try:
         if priority is not None:   # the task and its waiter (our group) at the worker's priority
             os.setpriority(os.PRIO_PGRP, 0, priority)
+        step("hand the status pipe to the waiter")
         socket.send_fds(to_waiter, [b"s"], [status_fd])
         to_waiter.close()
         tasks.close()
         if problem is not None:
             raise problem
+        step("read the task's launch spec")
         spec = LaunchSpec(**json.loads(message))
         if (effective_namespaces(spec.namespaces, spec.network) != prep.namespaces or spec.rootfs != prep.rootfs
                 or (spec.network == "full") != prep.host_network):
             raise RuntimeError("launcher: the task does not fit the spare it was sent to")
         if "mount" in prep.namespaces:
             if spec.rootfs == "host" and sandbox_root.etc_key(spec) != sandbox_root.etc_key(default):
+                step("write the sandbox's /etc")
                 sandbox_root.host_etc(root, spec)
             trees = dict(zip(spec.trees, fds[3:]))
             if prep.pivot_early and ("workspace" not in trees or (spec.tmp_source and "tmp" not in trees)):
                 raise RuntimeError("launcher: the task's directories did not come as open trees")
+            step("mount the workspace and /tmp")
             sandbox_root.task_mounts(root, spec, trees)
             trace("p.mounts", slot)
             if not prep.pivot_early:
+                step(f"pivot_root({root})")
                 sandbox_root.pivot(root)
             if spec.read_only_root:
+                step("remount / read-only")
                 sandbox_root.make_root_read_only()
             trace("p.pivot", slot)
         if "uts" in prep.namespaces and spec.hostname != default.hostname:
+            step("sethostname")
             socket.sethostname(spec.hostname)
         if spec.network == "localhost" and "net" in prep.namespaces:
+            step("bring up lo (SIOCSIFFLAGS; needs CAP_NET_ADMIN)")
             _loopback_up()
+        step(f"chdir({spec.cwd})")
         os.chdir(spec.cwd)
+        step("drop privileges (setresuid, capset, no_new_privs)")
         drop_privileges(spec)
         trace("p.privs", slot)
         devnull = os.open("/dev/null", os.O_RDONLY)
@@ -166,6 +183,7 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         if spec.seccomp_profile:
+            step(f"load the seccomp filter {spec.seccomp_profile}")
             program = _FILTERS.get(spec.seccomp_profile)
             if program is None:
                 program = seccomp.compile_filter(spec.seccomp_profile)
@@ -174,9 +192,32 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
         stage = "exec"
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except BaseException as exc:  # noqa: BLE001 - anything here is reported, then we die
+        text = str(exc) if stage == "exec" or isinstance(exc, StepFailed) else str(step.failed(exc))
         with _suppress():
-            os.write(status_fd, f"{stage}-error: {exc}\n".encode())
+            os.write(status_fd, f"{stage}-error: {text}\n".encode())
     os._exit(127)
+
+
+class StepFailed(Exception):
+    """A sandbox setup step failed; the message names the step, then what the kernel said."""
+
+
+class Step:
+    """The setup step under way, so a failure says which one (``pivot_root(/run/...): Operation not permitted``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, name: str) -> None:
+        self.name = name
+
+    def failed(self, exc: BaseException) -> StepFailed:
+        if isinstance(exc, StepFailed):
+            return exc
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror and not exc.filename else str(exc)
+        if isinstance(exc, OSError) and exc.filename:
+            detail = f"{exc.strerror}: {exc.filename}"
+        return StepFailed(f"{self.name}: {detail or type(exc).__name__}")
 
 
 def _close_all_but(*keep: int) -> None:

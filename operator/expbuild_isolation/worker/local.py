@@ -110,6 +110,7 @@ _PHASES = {
     TerminationReason.COMPLETED: Phase.SUCCEEDED,
     TerminationReason.DEADLINE_EXCEEDED: Phase.TIMED_OUT,
     TerminationReason.CANCELLED: Phase.CANCELLED,
+    TerminationReason.SANDBOX_FAILED: Phase.ERROR,   # not run at all: not the task's failure
 }
 
 
@@ -129,7 +130,8 @@ def status_from_result(result: ExecutionResult, *, started: datetime, finished: 
     stats = result.stats
     return ExecutionTaskStatus(
         phase=phase, reason=reason, message=message, executor=result.executor,
-        isolation_level=result.isolation_level, node=node, exit_code=result.exit_code,
+        isolation_level=result.isolation_level, node=node,
+        exit_code=None if phase is Phase.ERROR else result.exit_code,  # the command never ran
         start_time=started, completion_time=finished, duration_seconds=round(stats.duration_seconds, 4),
         stats=TaskStats(cpu_time_seconds=stats.cpu_time_seconds, peak_memory_bytes=stats.peak_memory_bytes,
                         disk_read_bytes=stats.disk_read_bytes, disk_write_bytes=stats.disk_write_bytes),
