@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
 
     server["post", JOBS] << record
     forget_served_requests(server)
+    tally = count_requests(server)
     child = subprocess.Popen([sys.executable, __file__, "--operator", str(server.url).rstrip("/")],
                              env=os.environ | {"PYTHONPATH": str(ROOT / "operator")},
                              stderr=subprocess.DEVNULL)  # its shutdown noise would bury the JSON
@@ -116,18 +118,22 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
 
         async def phase(label: str, run: Any, timeout: float) -> None:
             cpu0 = (cpu_seconds(me), cpu_seconds(child.pid))
+            counted = Counter(tally)
             t0 = time.monotonic()
             names = await run()
             done = await _wait(lambda: all(n in job_seen for n in names), max(1.0, min(timeout, left())))
             wall = time.monotonic() - t0
             cpu1 = (cpu_seconds(me), cpu_seconds(child.pid))
             reached = [job_seen[n] - created[n] for n in names if n in job_seen]
+            await asyncio.sleep(1)  # let the tail of the phase (status patches, Events) settle before counting
+            cpu2 = cpu_seconds(child.pid)
             phases[label] = {"tasks": len(names), "jobs": len(reached), "complete": done,
                              "creation_to_job_seconds": summary(reached), "wall_seconds": round(wall, 2),
                              "cpu_seconds": {"emulator": round(cpu1[0] - cpu0[0], 2),
-                                             "operator": round(cpu1[1] - cpu0[1], 2)}}
+                                             "operator": round(cpu1[1] - cpu0[1], 2)},
+                             "operator_cpu_ms_per_task": round(1000 * (cpu2 - cpu0[1]) / max(1, len(names)), 2),
+                             "requests_per_task": per_task(counted, tally, len(names))}
             print(json.dumps({label: phases[label]}), file=sys.stderr)
-            await asyncio.sleep(1)  # let the tail of the phase (status patches) settle
 
         async def one_by_one() -> list[str]:
             names = []
@@ -165,6 +171,50 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
     finally:
         child.kill()
         child.wait(30)
+
+
+def count_requests(server: Any) -> Counter[str]:
+    """A live tally of the requests the emulator serves, by ``VERB resource`` (a watch counts once, when opened)."""
+    tally: Counter[str] = Counter()
+    base = type(server)
+
+    class Counting(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+
+        async def _handle(self, request: Any) -> Any:
+            tally[_kind_of(request)] += 1
+            return await base._handle(self, request)
+
+    server.__class__ = Counting
+    return tally
+
+
+def _kind_of(request: Any) -> str:
+    parts = [p for p in request.url.path.split("/") if p]
+    if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
+        parts = parts[parts.index("namespaces") + 2:]
+    elif parts[:1] == ["apis"]:
+        parts = parts[3:]
+    elif parts[:1] == ["api"]:
+        parts = parts[2:]
+    resource = parts[0] if parts else "/"
+    sub = f"/{parts[2]}" if len(parts) > 2 else ""
+    verb = request.method.value if hasattr(request.method, "value") else str(request.method)
+    if verb == "GET" and request.url.query.get("watch") == "true":
+        verb = "WATCH"
+    elif verb == "GET" and len(parts) == 1:
+        verb = "LIST"
+    return f"{verb} {resource}{sub}"
+
+
+def per_task(before: Counter[str], after: Counter[str], tasks: int) -> dict[str, float]:
+    """Requests per task during a phase, by verb and resource; the writes (POST, PATCH, PUT, DELETE) summed."""
+    delta = {key: after[key] - before.get(key, 0) for key in after if after[key] - before.get(key, 0)}
+    rates = {key: round(count / max(1, tasks), 2) for key, count in sorted(delta.items())}
+    rates["writes"] = round(sum(c for k, c in delta.items() if k.split()[0] in ("POST", "PATCH", "PUT", "DELETE"))
+                            / max(1, tasks), 2)
+    rates["all"] = round(sum(delta.values()) / max(1, tasks), 2)
+    return rates
 
 
 def forget_served_requests(server: Any) -> None:

@@ -1,13 +1,16 @@
 """kopf handlers: decide, call ``cluster``, patch status. Rendering and status mapping live in ``kube``.
 
-A task's life: create/resume -> check and render -> create the objects
-(idempotent: an existing object the task owns is adopted) -> Scheduled. From
-then on every event of its Job or Pod (and a slow operator-wide resync) recomputes the
-status from what the API server says, so a restarted operator rebuilds the
-truth instead of remembering it. Cancel and delete remove the Job and end in
-Cancelled. Only a task unfinished on a node agent carries the finalizer (``needs_cleanup``): garbage
-collection removes a Job task's objects, and nothing blocks deleting a namespace or the CRD once tasks are
-done. Status is patched only through ``cluster`` (never kopf's ``patch``)
+A task's life: its first event (``on_task``) -> check and render -> create the
+objects (idempotent: an existing object the task owns is adopted) -> Scheduled.
+From then on every event of its Job or Pod (and a slow operator-wide resync)
+recomputes the status from what the API server says, so a restarted operator
+rebuilds the truth instead of remembering it. ``spec.cancel`` removes the Job
+and ends in Cancelled. Tasks are handled from kopf's event stream, not its
+create/field handlers, so kopf stores nothing on them: the status is the only
+state, and every step is idempotent. Only a task unfinished on a node agent
+carries the finalizer (``needs_cleanup``): garbage collection removes a Job
+task's objects, and nothing blocks deleting a namespace or the CRD once tasks
+are done. Status is patched only through ``cluster`` (never kopf's ``patch``)
 so that all writers are serialized by one per-task lock.
 
 Before rendering, ``kube.placement`` decides between the Job path and a node
@@ -52,6 +55,7 @@ from .cluster import ApiError, Cluster, NotOwned, refused_for_good
 
 EXECUTOR = "job"
 REPORTING_COMPONENT = "expbuild-isolation"
+RETRY_SECONDS = 5.0  # a start that failed for a passing reason (the API server unreachable) is tried again
 FOLLOWED = {TASK_LABEL: kopf.PRESENT, **MANAGED_BY}
 
 
@@ -63,7 +67,10 @@ class OperatorState:
     cluster: Cluster | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
-    placed: set[str] = field(default_factory=set)  # tasks this process handed to a node agent
+    # tasks whose start this process has done (Job created, placed on an agent, rejected or cancelled): key -> uid.
+    # kopf may call ``start`` again with a body older than what this process wrote since.
+    started: dict[str, str] = field(default_factory=dict)
+    retries: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # a start to try again soon
     # unfinished tasks seen on the watch stream: key -> placed on a node agent (has the node label)
     unfinished: dict[str, bool] = field(default_factory=dict)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
@@ -106,62 +113,104 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_component = REPORTING_COMPONENT  # `kubectl describe` says who wrote the Event
 
 
-async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_task(body: kopf.Body, memo: kopf.Memo, type: str | None, logger: Any, **_: Any) -> None:
+    """Every event of a task (and each one kopf lists at startup): track it, start it, or cancel it.
+
+    An event handler, not kopf's create/field handlers: those store progress and the last-handled spec in two
+    annotation patches per task, which is a third of a task's writes to the API server. Here every step is
+    idempotent and the task's status is the only state, so nothing needs storing; a step that fails for a
+    passing reason is tried again ``RETRY_SECONDS`` later, and by the resync after that.
+    """
     state: OperatorState = memo.state
-    task = ExecutionTask.model_validate(dict(body))
+    track(state, body, type)
+    if type == "DELETED" or _phase_of(body).finished:
+        return
+    meta = body.get("metadata") or {}
+    try:
+        if (body.get("spec") or {}).get("cancel"):
+            await cancel(state, meta.get("namespace", ""), meta.get("name", ""))
+        elif _phase_of(body) is Phase.PENDING:
+            await start(state, dict(body))
+    except kopf.TemporaryError as exc:
+        logger.warning(f"{exc}; trying again in {RETRY_SECONDS:g}s")
+        _retry_later(state, meta.get("namespace", ""), meta.get("name", ""))
+
+
+def _retry_later(state: OperatorState, namespace: str, name: str) -> None:
+    key = _key(namespace, name)
+    if key in state.retries:
+        return
+
+    async def again() -> None:
+        await asyncio.sleep(RETRY_SECONDS)
+        state.retries.pop(key, None)
+        try:
+            await resync(state, namespace, name)
+        except kopf.TemporaryError:
+            _retry_later(state, namespace, name)
+
+    context = state.handler_context or contextvars.copy_context()
+    state.retries[key] = asyncio.get_running_loop().create_task(again(), context=context.copy())
+
+
+async def start(state: OperatorState, body: dict[str, Any]) -> None:
+    """A new task: decide where it runs and create what it needs, once."""
+    try:
+        task = ExecutionTask.model_validate(body)
+    except ValidationError as exc:  # the CRD's schema refuses these; an old CRD or a bug may not
+        await _invalid(state, body, exc)
+        return
     if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
         return  # finished, or placed on a node agent (``agent_check`` watches it from now on)
     async with state.lock(task.key):
-        if task.key in state.placed:  # kopf's body may predate a placement this process made meanwhile
+        if state.started.get(task.key) == task.metadata.uid:
+            return  # (a restarted operator lists fresh bodies: their status says what was done)
+        await _start(state, task, dict(body))
+        state.started[task.key] = task.metadata.uid
+
+
+async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]) -> None:
+    """Under the task's lock: cancel, reject, place on an agent, or create the Job path's objects."""
+    if task.spec.cancel:
+        await _cancel(state, task, body, "cancelled before it started (spec.cancel)")
+        return
+    plan = await _plan(state, task)
+    if plan.kind == "error":
+        await _reject(state, task, body, plan.reason, plan.message)
+        return
+    if plan.kind == "agent":
+        await _place(state, task, body, plan)
+        return
+    try:
+        objects = render.objects_for(task, state.config)
+    except RenderError as exc:
+        await _reject(state, task, body, exc.reason, str(exc))
+        return
+    try:
+        for obj in objects:
+            await state.api.create_or_adopt(obj, task.metadata.uid)
+    except NotOwned as exc:
+        await _reject(state, task, body, "NameConflict", str(exc))
+        return
+    except ApiError as exc:
+        if refused_for_good(exc):  # the same request would be refused again: say so once, no retries
+            await _reject(state, task, body, "Rejected",
+                          f"the API server refused the task's {exc.kind or 'objects'}: {exc}")
             return
-        # kopf may call this twice (create and resume) with a body older than what this process wrote since:
-        # the task as stored now decides, so a task already rejected, placed or scheduled is left alone.
-        fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
-        if fresh is None:
-            return
-        task = ExecutionTask.model_validate(fresh)
-        if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
-            return
-        if task.spec.cancel:
-            await _cancel(state, task, dict(body), "cancelled before it started (spec.cancel)")
-            return
-        plan = await _plan(state, task)
-        if plan.kind == "error":
-            await _reject(state, task, dict(body), plan.reason, plan.message)
-            return
-        if plan.kind == "agent":
-            await _place(state, task, dict(body), plan)
-            return
-        try:
-            objects = render.objects_for(task, state.config)
-        except RenderError as exc:
-            await _reject(state, task, dict(body), exc.reason, str(exc))
-            return
-        try:
-            for obj in objects:
-                await state.api.create_or_adopt(obj, task.metadata.uid)
-        except NotOwned as exc:
-            await _reject(state, task, dict(body), "NameConflict", str(exc))
-            return
-        except ApiError as exc:
-            if refused_for_good(exc):  # the same request would be refused again: say so once, no retries
-                await _reject(state, task, dict(body), "Rejected", f"the API server refused the task's "
-                                                                  f"{exc.kind or 'objects'}: {exc}")
-                return
-            metrics.RECONCILE_ERRORS.inc()
-            raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
-        except Exception as exc:
-            metrics.RECONCILE_ERRORS.inc()
-            raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
-        if task.status.phase is Phase.PENDING:
-            level = render.isolation_level(task, state.config).value
-            patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
-                     "isolationLevel": level, "observedGeneration": task.metadata.generation}
-            await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
-            kopf.event(dict(body), type="Normal", reason="Scheduled",
-                       message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
-            audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
-    await reconcile(state, task.metadata.namespace, task.metadata.name)
+        metrics.RECONCILE_ERRORS.inc()
+        raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
+    except Exception as exc:
+        metrics.RECONCILE_ERRORS.inc()
+        raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
+    if task.status.phase is Phase.PENDING:
+        level = render.isolation_level(task, state.config).value
+        patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
+                 "isolationLevel": level, "observedGeneration": task.metadata.generation}
+        await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
+        kopf.event(body, type="Normal", reason="Scheduled",
+                   message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
+        audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
+    # The Job's own events bring its status (``follow``); nothing to read back here.
 
 
 async def _plan(state: OperatorState, task: ExecutionTask) -> placement.Plan:
@@ -179,28 +228,32 @@ async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
     patch = {"phase": Phase.SCHEDULED.value, "reason": plan.reason, "message": plan.message, "executor": "agent",
              "node": plan.node, "observedGeneration": meta.generation}
     await state.api.patch_task_status(meta.namespace, meta.name, patch)
-    state.placed.add(task.key)
     labels = {NODE_LABEL: label_value(plan.node)}
     await state.api.patch_task(meta.namespace, meta.name, {"metadata": {"labels": labels}})
     kopf.event(body, type="Normal", reason="Scheduled",
                message=f"placed on node agent {plan.node}: {plan.message}"[:1024])
 
 
-async def follow(body: kopf.Body, **kwargs: Any) -> None:
-    """A Job or Pod of ours changed: recompute its task's status."""
+async def follow(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+    """A Job or Pod of ours changed: recompute its task's status.
+
+    Not for a Job's ADDED event without status: that is the Job this process just created, which says nothing
+    yet (its status, and its pod, arrive as events of their own).
+    """
+    if type == "ADDED" and not body.get("status"):
+        return
     meta = body.get("metadata", {})
     name = (meta.get("annotations") or {}).get(TASK_NAME_ANNOTATION)
     if name and meta.get("namespace"):
         await reconcile(kwargs["memo"].state, meta["namespace"], name)
 
 
-async def track(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+def track(state: OperatorState, body: kopf.Body, type: str | None) -> None:
     """Keep ``state.unfinished`` in step with the watch stream (the periodic loops walk it).
 
     A task deleted while unfinished on the Job path has no finalizer (garbage collection removes its Job and
     pod): its end is recorded here, from the DELETED event.
     """
-    state: OperatorState = memo.state
     meta = body.get("metadata", {})
     if not meta.get("namespace") or not meta.get("name"):
         return
@@ -214,7 +267,10 @@ async def track(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) ->
                     "phase": Phase.CANCELLED.value, "reason": "Deleted",
                     "message": "the task was deleted before it finished"})
         state.locks.pop(key, None)
-        state.placed.discard(key)
+        state.started.pop(key, None)
+        retry = state.retries.pop(key, None)
+        if retry is not None:
+            retry.cancel()
     elif _phase_of(body).finished:
         state.unfinished.pop(key, None)
     else:
@@ -239,7 +295,16 @@ def needs_cleanup(body: kopf.Body, **_: Any) -> bool:
 
 
 async def resync(state: OperatorState, namespace: str, name: str) -> None:
-    await reconcile(state, namespace, name)
+    """The periodic check of one unfinished task: start it if it is still Pending, else follow its Job."""
+    body = await state.api.get_task(namespace, name)
+    if body is None:
+        return
+    if _phase_of(body) is Phase.PENDING and not (body.get("spec") or {}).get("cancel"):
+        await start(state, body)
+    elif (body.get("spec") or {}).get("cancel") and not _phase_of(body).finished:
+        await cancel(state, namespace, name)
+    else:
+        await reconcile(state, namespace, name)
 
 
 async def start_loops(memo: kopf.Memo, logger: Any, **_: Any) -> None:
@@ -418,18 +483,28 @@ async def _cancel(state: OperatorState, task: ExecutionTask, body: dict[str, Any
                                                                       if task.status.isolation_level else "")})
 
 
-async def cancel(body: kopf.Body, memo: kopf.Memo, new: Any, **_: Any) -> None:
-    if not new:
-        return
-    state: OperatorState = memo.state
-    task = ExecutionTask.model_validate(dict(body))
-    async with state.lock(task.key):
-        fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
+async def cancel(state: OperatorState, namespace: str, name: str) -> None:
+    """spec.cancel was set on an unfinished task: stop it (its Job, or the agent's run) and end it Cancelled."""
+    async with state.lock(_key(namespace, name)):
+        fresh = await state.api.get_task(namespace, name)
         if fresh is None:
             return
         task = ExecutionTask.model_validate(fresh)
-        if not task.status.phase.finished:
+        if not task.status.phase.finished and task.spec.cancel:
             await _cancel(state, task, fresh, "cancelled by spec.cancel")
+
+
+async def _invalid(state: OperatorState, body: dict[str, Any], exc: ValidationError) -> None:
+    """An object that is no valid ExecutionTask ends in Error once, with the fields named; never a crash loop."""
+    meta = body.get("metadata") or {}
+    if not meta.get("namespace") or not meta.get("name"):
+        return
+    from ..worker.local import describe_task_error
+    message = f"not a valid ExecutionTask: {describe_task_error(exc)}"[:1024]
+    patch = {"phase": Phase.ERROR.value, "reason": "InvalidTask", "message": message,
+             "completionTime": timestamp(now())}
+    await state.api.patch_task_status(meta["namespace"], meta["name"], patch)
+    kopf.event(body, type="Warning", reason="InvalidTask", message=message)
 
 
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -448,11 +523,8 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.startup(registry=registry)(configure)
     kopf.on.startup(registry=registry, id="periodic")(start_loops)
     kopf.on.cleanup(registry=registry, id="periodic")(stop_loops)
-    kopf.on.resume(*resource, registry=registry, id="start")(start)
-    kopf.on.create(*resource, registry=registry, id="start")(start)
-    kopf.on.field(*resource, field="spec.cancel", registry=registry, id="cancel")(cancel)
+    kopf.on.event(*resource, registry=registry, id="task")(on_task)
     kopf.on.delete(*resource, registry=registry, id="delete", when=needs_cleanup)(delete)
     kopf.on.event("batch", "v1", "jobs", labels=FOLLOWED, registry=registry, id="follow-job")(follow)
     kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
-    kopf.on.event(*resource, registry=registry, id="track")(track)
     return registry
