@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench.common import on_emulator, summary  # noqa: E402
+from tests.controller.conftest import forget_served_requests  # noqa: E402
 
 NS = "bench"
 TASKS = f"/apis/expbuild.io/v1alpha1/namespaces/{NS}/executiontasks"
@@ -215,36 +216,6 @@ def per_task(before: Counter[str], after: Counter[str], tasks: int) -> dict[str,
                             / max(1, tasks), 2)
     rates["all"] = round(sum(delta.values()) / max(1, tasks), 2)
     return rates
-
-
-def forget_served_requests(server: Any) -> None:
-    """Keep only in-flight requests in KMock's request log: the emulator's cost per request grows with it.
-
-    KMock matches every request against its reactions (its own fallbacks and
-    ours) by scanning the whole log of requests served so far
-    (``RawHandler._handle`` -> ``View.__contains__`` -> ``Filter.__iter__``),
-    so each request costs O(requests so far) and a run O(n^2): a few thousand
-    requests in, the emulator sits at 100% CPU and the operator waits on it.
-    The bench reads nothing from the log (no slices, no counts), so a request
-    leaves it once served; the check by identity still finds the request being
-    matched, so every reaction behaves as before.
-    """
-    base = type(server)
-
-    class Forgetful(base):  # type: ignore[misc,valid-type]
-        __slots__ = ()
-
-        async def _handle(self, request: Any) -> Any:
-            try:
-                return await base._handle(self, request)
-            finally:
-                log = self._requests
-                for index in range(len(log) - 1, -1, -1):
-                    if log[index] is request:
-                        del log[index]
-                        break
-
-    server.__class__ = Forgetful
 
 
 async def _wait(condition: Any, timeout: float) -> bool:

@@ -145,3 +145,33 @@ async def running_operator(server: Any, config: OperatorConfig, *, peering: str 
 async def operator(kmock: Any, api: Api, operator_config: OperatorConfig) -> AsyncIterator[None]:
     async with running_operator(kmock, operator_config):
         yield
+
+
+def forget_served_requests(server: Any) -> None:
+    """Keep only in-flight requests in KMock's request log: the emulator's cost per request grows with it.
+
+    KMock matches every request against its reactions (its own fallbacks and
+    ours) by scanning the whole log of requests served so far
+    (``RawHandler._handle`` -> ``View.__contains__`` -> ``Filter.__iter__``),
+    so each request costs O(requests so far) and a run O(n^2): a few thousand
+    requests in, the emulator sits at 100% CPU and the operator waits on it.
+    Benchmarks and burst tests that read nothing from the log (they count with
+    reactions instead) let a request leave it once served; the check by identity
+    still finds the request being matched, so every reaction behaves as before.
+    """
+    base = type(server)
+
+    class Forgetful(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+
+        async def _handle(self, request: Any) -> Any:
+            try:
+                return await base._handle(self, request)
+            finally:
+                log = self._requests
+                for index in range(len(log) - 1, -1, -1):
+                    if log[index] is request:
+                        del log[index]
+                        break
+
+    server.__class__ = Forgetful
