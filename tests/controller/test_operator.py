@@ -11,7 +11,8 @@ async def test_a_new_task_gets_its_job_policy_and_inputs(api, operator):
     job = await eventually(lambda: api.get(f"{JOBS}/xt-hello"), what="the Job")
     assert job["spec"]["backoffLimit"] == 0
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-hello"
-    assert await api.get(f"{NETPOLS}/xt-hello")
+    assert await api.get(f"{NETPOLS}/expbuild-isolation-deny-all")  # the namespace's fence (network None)
+    assert job["spec"]["template"]["metadata"]["labels"]["expbuild.io/network"] == "isolated"
     assert (await api.get(f"{CONFIGMAPS}/xt-hello-inputs"))["data"] == {"input-0": "A"}
     task = await eventually(lambda: _phase(api, "hello", "Scheduled"), what="phase Scheduled")
     assert task["status"]["executor"] == "job" and task["status"]["isolationLevel"] == "Container"

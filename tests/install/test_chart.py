@@ -487,7 +487,7 @@ def test_the_operator_grants_match_what_its_code_calls(defaults: list[dict[str, 
         ("", "pods"): ["list", "watch"],
         ("", "pods/log"): ["get"],
         ("", "configmaps"): ["create", "get"],
-        ("networking.k8s.io", "networkpolicies"): ["create", "get"],
+        ("networking.k8s.io", "networkpolicies"): ["create", "get", "list", "patch", "watch"],
         ("", "events"): ["create"],
         ("coordination.k8s.io", "leases"): ["get"],
     }

@@ -205,6 +205,18 @@ async def goes_to_agents(api: Api) -> None:
     await phase(api, "placed", "Error")
 
 
+async def fence_restored(api: Api) -> None:
+    """The shared deny-all NetworkPolicy is watched and put back when someone opens it."""
+    await api.create(TASKS, task_body("fence"))
+    await job_of(api, "fence")
+    await api.patch(f"{NETPOLS}/expbuild-isolation-deny-all", {"spec": {"egress": [{}]}})
+
+    async def closed() -> bool:
+        policy = await api.get(f"{NETPOLS}/expbuild-isolation-deny-all")
+        return bool(policy) and not policy["spec"].get("egress")
+    await eventually(closed, what="the fence closed again")
+
+
 async def _absent(api: Api, path: str) -> bool:
     return await api.get(path) is None
 
@@ -215,7 +227,7 @@ async def _labelled(api: Api, name: str) -> Any:
 
 
 OPERATOR_SCENARIOS = (runs_to_success, fails, fqdn_policy, adopts_what_it_created_before, deleted_and_cancelled,
-                      refused, goes_to_agents)
+                      refused, goes_to_agents, fence_restored)
 
 
 async def record_operator(recording: Recording, namespaces: list[str]) -> None:

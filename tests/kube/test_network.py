@@ -4,18 +4,45 @@ import pytest
 
 from expbuild_isolation.kube.config import OperatorConfig
 from expbuild_isolation.kube.errors import RenderError
-from expbuild_isolation.kube.network import render_network_policies
+from expbuild_isolation.kube import render
+from expbuild_isolation.kube.network import render_network_policies, render_shared_policy, shared_policy_intact
 
 from .conftest import make_task, validate_k8s
 
 
 @pytest.mark.parametrize("policy", ["None", "Localhost"])
-def test_no_network_means_deny_all_both_ways(config, policy):
-    (np,) = render_network_policies(make_task(network={"policy": policy}), config)
-    assert np["spec"] == {"podSelector": {"matchLabels": {"expbuild.io/task": "compile-42",
-                                                          "app.kubernetes.io/managed-by": "expbuild-isolation"}},
-                          "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}
-    validate_k8s(np)
+def test_no_network_means_the_namespaces_deny_all_policy_selects_the_pod(config, policy):
+    task = make_task(network={"policy": policy})
+    assert render_network_policies(task, config) == []  # no write of its own: the shared fence applies
+    shared = render_shared_policy("ci")
+    assert shared["metadata"]["name"] == "expbuild-isolation-deny-all" and shared["metadata"]["namespace"] == "ci"
+    assert shared["spec"] == {"podSelector": {"matchLabels": {"expbuild.io/network": "isolated",
+                                                              "app.kubernetes.io/managed-by": "expbuild-isolation"}},
+                              "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}
+    validate_k8s(shared)
+    pod_labels = render.render_job(task, config)["spec"]["template"]["metadata"]["labels"]
+    assert shared["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("policy", ["Restricted", "Full"])
+def test_pods_that_may_reach_something_are_not_selected_by_the_deny_all_policy(config, policy):
+    extra = {"allow": ["10.0.0.0/8:443"]} if policy == "Restricted" else {}
+    labels = render.render_job(make_task(network={"policy": policy, **extra}), config)["spec"]["template"]["metadata"]
+    assert "expbuild.io/network" not in labels["labels"]
+
+
+def test_a_changed_shared_policy_is_noticed_but_not_the_servers_own_way_of_storing_it():
+    stored = render_shared_policy("ci")
+    del stored["spec"]["ingress"], stored["spec"]["egress"]  # the API server leaves empty lists out
+    assert shared_policy_intact(stored)
+    opened = render_shared_policy("ci")
+    opened["spec"]["egress"] = [{}]  # allow all egress
+    assert not shared_policy_intact(opened)
+    narrowed = render_shared_policy("ci")
+    narrowed["spec"]["podSelector"] = {"matchLabels": {"nothing": "here"}}
+    assert not shared_policy_intact(narrowed)
+    assert not shared_policy_intact({"spec": {"podSelector": stored["spec"]["podSelector"],
+                                              "policyTypes": ["Ingress"]}})
 
 
 def test_full_network_has_no_policy(config):

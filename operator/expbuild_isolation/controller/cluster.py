@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -134,6 +135,31 @@ class Cluster:
             if exc.status != 409:
                 raise
             return False
+
+    async def ensure(self, obj: dict[str, Any], intact: Callable[[dict[str, Any]], bool]) -> bool:
+        """Make ``obj`` exist and ``intact`` (created, or put back over a changed one); True if it wrote.
+
+        ``intact`` judges the stored object: the API server returns what it stored, with defaults filled in and
+        empty lists left out, so comparing dicts would see a change where there is none.
+        """
+        meta = obj["metadata"]
+        current = await self.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        if current is not None and intact(current):
+            return False
+        path = self.collection(obj["apiVersion"], obj["kind"], meta["namespace"])
+        if current is None:
+            try:
+                await self.call("POST", path, body=obj)
+                return True
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                return await self.ensure(obj, intact)  # created meanwhile: check what it says
+        # The whole spec replaced (a merge patch would keep labels someone added to a selector).
+        await self.call("PATCH", f"{path}/{quote(meta['name'])}", body=[{"op": "replace", "path": "/spec",
+                                                                          "value": obj["spec"]}],
+                        content_type="application/json-patch+json")
+        return True
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from .. import audit, metrics
 from ..api.task import GROUP, PLURAL, VERSION, ExecutionTask, Phase
-from ..kube import placement, render
+from ..kube import network, placement, render
 from ..kube.config import OperatorConfig
 from ..kube.errors import RenderError
 from ..kube.leases import (
@@ -70,6 +70,7 @@ class OperatorState:
     # tasks whose start this process has done (Job created, placed on an agent, rejected or cancelled): key -> uid.
     # kopf may call ``start`` again with a body older than what this process wrote since.
     started: dict[str, str] = field(default_factory=dict)
+    fenced: set[str] = field(default_factory=set)  # namespaces whose shared deny-all policy is known to be in place
     retries: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # a start to try again soon
     # unfinished tasks seen on the watch stream: key -> placed on a node agent (has the node label)
     unfinished: dict[str, bool] = field(default_factory=dict)
@@ -187,6 +188,8 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
         await _reject(state, task, body, exc.reason, str(exc))
         return
     try:
+        if network.isolated(task):  # the fence exists before the first pod it must fence
+            await ensure_fence(state, task.metadata.namespace)
         for obj in objects:
             await state.api.create_or_adopt(obj, task.metadata.uid)
     except NotOwned as exc:
@@ -211,6 +214,29 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
                    message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
         audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
     # The Job's own events bring its status (``follow``); nothing to read back here.
+
+
+async def ensure_fence(state: OperatorState, namespace: str) -> None:
+    """The namespace's shared deny-all NetworkPolicy exists as rendered (checked once per namespace and process;
+    ``fence_changed`` puts it back when it is deleted or edited)."""
+    if namespace in state.fenced:
+        return
+    if await state.api.ensure(network.render_shared_policy(namespace), network.shared_policy_intact):
+        logging.getLogger(__name__).info("created the deny-all NetworkPolicy of namespace %s", namespace)
+    state.fenced.add(namespace)
+
+
+async def fence_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """A shared deny-all policy was deleted or edited: put it back now, before a pod runs unfenced."""
+    state: OperatorState = memo.state
+    namespace = (body.get("metadata") or {}).get("namespace") or ""
+    if namespace not in state.fenced:
+        return  # not one this process relies on (yet): ensured before its first task
+    if type == "DELETED" or not network.shared_policy_intact(dict(body)):
+        state.fenced.discard(namespace)
+        kopf.warn(body, reason="FenceRestored", message="the task pods' deny-all NetworkPolicy was changed or "
+                                                         "deleted; the operator puts it back")
+        await ensure_fence(state, namespace)
 
 
 async def _plan(state: OperatorState, task: ExecutionTask) -> placement.Plan:
@@ -527,4 +553,6 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.delete(*resource, registry=registry, id="delete", when=needs_cleanup)(delete)
     kopf.on.event("batch", "v1", "jobs", labels=FOLLOWED, registry=registry, id="follow-job")(follow)
     kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
+    kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={network.SHARED_POLICY_LABEL: kopf.PRESENT},
+                  registry=registry, id="fence")(fence_changed)
     return registry

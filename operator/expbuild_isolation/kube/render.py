@@ -1,4 +1,4 @@
-"""ExecutionTask -> the Kubernetes objects that run it: inputs ConfigMap, NetworkPolicy, Job.
+"""ExecutionTask -> the Kubernetes objects that run it: inputs ConfigMap, NetworkPolicies, Job.
 
 Pure functions returning plain dicts; ``controller`` sends them. The pod passes
 the Pod Security Standards *restricted* profile (see ``restricted``) unless the
@@ -16,7 +16,7 @@ from ..api.task import ExecutionTask, IsolationLevel
 from . import network, supervisor
 from .config import OperatorConfig
 from .errors import ImageNotAllowed, IsolationUnavailable, RenderError
-from .names import TASK_NAME_ANNOTATION, labels_for, metadata_for, object_name
+from .names import TASK_NAME_ANNOTATION, metadata_for, object_name
 
 POD_SECURITY_ANNOTATION = "expbuild.io/pod-security"
 TASK_CONTAINER = "task"
@@ -181,7 +181,7 @@ def render_pod_spec(task: ExecutionTask, config: OperatorConfig) -> dict[str, An
 def render_job(task: ExecutionTask, config: OperatorConfig) -> dict[str, Any]:
     meta = metadata_for(task, object_name(task.metadata.name))
     level = "privileged" if seccomp_profile(task, config)["type"] == "Unconfined" else "restricted"
-    template_meta = {"labels": labels_for(task),
+    template_meta = {"labels": network.pod_labels(task),
                      "annotations": {TASK_NAME_ANNOTATION: task.metadata.name, POD_SECURITY_ANNOTATION: level}}
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
