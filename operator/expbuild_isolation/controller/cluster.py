@@ -148,13 +148,8 @@ class Cluster:
             return False
         path = self.collection(obj["apiVersion"], obj["kind"], meta["namespace"])
         if current is None:
-            try:
-                await self.call("POST", path, body=obj)
-                return True
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise
-                return await self.ensure(obj, intact)  # created meanwhile: check what it says
+            # created meanwhile by someone else (409): check what it says
+            return await self.create_if_absent(obj) or await self.ensure(obj, intact)
         # The whole spec replaced (a merge patch would keep labels someone added to a selector).
         await self.call("PATCH", f"{path}/{quote(meta['name'])}", body=[{"op": "replace", "path": "/spec",
                                                                           "value": obj["spec"]}],
