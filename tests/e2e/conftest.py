@@ -11,10 +11,14 @@ from .test_operator_e2e import _cluster
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(request, tmp_path_factory):
+def cluster_choice():
+    return choose_cluster(os.environ)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(request, tmp_path_factory, cluster_choice):
     """The kubeconfig the suite uses (None: the default one); a kind cluster's for the whole session."""
-    choice = choose_cluster(os.environ)
-    if not choice.kind:
+    if not cluster_choice.kind:
         yield os.environ.get("KUBECONFIG")
         return
     problem = prepare_images()
@@ -30,8 +34,9 @@ def kubeconfig(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(kubeconfig):
-    return _cluster(choose_cluster(os.environ).reason)
+def cluster(kubeconfig, cluster_choice):
+    # a kind cluster made for this run must answer: failing, not skipping, when it does not
+    return _cluster(cluster_choice.reason, required=cluster_choice.kind)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ CRD = ROOT / "crds" / "executiontask.yaml"
 HELLO = ROOT / "manifests" / "examples" / "hello.yaml"
 
 
-def _cluster(why: str = ""):
+def _cluster(why: str = "", *, required: bool = False):
     try:
         import kubernetes
         kubernetes.config.load_kube_config()
@@ -27,8 +27,11 @@ def _cluster(why: str = ""):
         kubernetes.client.VersionApi(api).get_code(_request_timeout=5)
         return api
     except Exception as exc:  # no kubeconfig, unreachable, unauthorized: all mean "no cluster here"
-        pytest.skip(f"no Kubernetes cluster reachable from the kubeconfig ({why or 'KUBECONFIG'}; "
-                    f"{type(exc).__name__}: {exc})"[:400])
+        reason = f"no Kubernetes cluster reachable from the kubeconfig ({why or 'KUBECONFIG'}; " \
+                 f"{type(exc).__name__}: {exc})"[:400]
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def test_the_hello_example_succeeds(cluster, namespace):
