@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from .kind import choose_cluster, cluster_name, images_to_load, kind_cluster, prepare_images, throwaway_cluster
+from .kind import (
+    choose_cluster,
+    cluster_name,
+    images_to_load,
+    kind_cluster,
+    prepare_images,
+    throwaway_cluster,
+)
 from .test_operator_e2e import _cluster
 
 
@@ -27,10 +34,10 @@ def kubeconfig(request, tmp_path_factory, cluster_choice):
     option = request.config.getoption
     path = Path(option("kubeconfig") or tmp_path_factory.mktemp("kind") / "kubeconfig")
     cluster = kind_cluster(cluster_name(option("cluster_name")), path, node_image=option("kind_image"))
-    with throwaway_cluster(cluster, images_to_load(), keep=option("keep_cluster")) as config:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("KUBECONFIG", str(config))   # for kubectl, helm, KopfRunner and the agent alike
-            yield str(config)
+    with (throwaway_cluster(cluster, images_to_load(), keep=option("keep_cluster")) as config,
+          pytest.MonkeyPatch.context() as env):
+        env.setenv("KUBECONFIG", str(config))   # for kubectl, helm, KopfRunner and the agent alike
+        yield str(config)
 
 
 @pytest.fixture(scope="module")
