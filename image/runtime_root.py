@@ -15,7 +15,7 @@ plus this root and the venv, so the image holds no package manager, no perl, no 
   no package provides (``sh``, ``id``, ``env``, ...: the shell a namespace task finds in the agent);
 - the CA bundle where OpenSSL looks by default, ``/etc/ld.so.cache`` (``ctypes.util.find_library``,
   which pyseccomp uses to load libseccomp, asks ``ldconfig -p``), users root, nobody and expbuild
-  (10001), and the dpkg status of what was taken, so image scanners see the packages.
+  (10001), ``nsswitch.conf``, and the dpkg status of what was taken, so image scanners see the packages.
 """
 
 from __future__ import annotations
@@ -152,6 +152,10 @@ def system_files(root: Path, packages: list[str]) -> None:
     (root / "etc/passwd").write_text("".join(f"{name}:x:{uid}:{uid}:{name}:{home}:{shell}\n"
                                              for name, (uid, home, shell) in USERS.items()))
     (root / "etc/group").write_text("".join(f"{name}:x:{uid}:\n" for name, (uid, _, _) in USERS.items()))
+    # Debian's defaults (a maintainer script writes them): without the file glibc asks DNS before
+    # /etc/hosts, and a cluster's DNS answering "no such name" for localhost would be final.
+    (root / "etc/nsswitch.conf").write_text("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+                                            "networks: files\n")
     for directory, mode in (("tmp", 0o1777), ("root", 0o700), ("proc", 0o555), ("sys", 0o555),
                             ("dev", 0o755), ("run", 0o755), ("var/lib/dpkg", 0o755)):
         (root / directory).mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,14 @@ def test_tls_verifies_with_the_image_ca_bundle():
     assert int(out) > 100
 
 
+def test_name_lookups_read_etc_hosts_before_dns():
+    """glibc without nsswitch.conf asks DNS first, and a cluster DNS's "no such name" would be final."""
+    nsswitch = run("/etc/nsswitch.conf", entrypoint="cat")
+    assert "hosts: files dns" in nsswitch.splitlines()
+    assert run("hosts", "localhost", entrypoint="getent", options=("--network", "none")).split()[0] in {
+        "127.0.0.1", "::1"}
+
+
 def test_the_agent_loads_seccomp_filters_and_unshares_inside_the_image():
     """What the namespace executor does in the agent's container, done by the code in the image.
 
