@@ -6,9 +6,9 @@
 #     temporary directory; the system-wide cluster is not used) and bazel-bootstrap (Bazel 4.2.3);
 #   - BuildGrid 0.4.4 with its full dependencies (SQLAlchemy, alembic, boto3, psycopg2-binary, ...)
 #     in its own venv, /opt/buildgrid, so its pins never touch our environment; `bgd` runs from there;
-#   - in our environment only what the worker imports: grpcio, protobuf and BuildGrid's generated
-#     REAPI / Remote Workers API modules (`buildgrid` installed with --no-deps; the worker reads
-#     them through expbuild_isolation/worker/reapi_protos.py and never imports the server).
+#   - in our environment, when the worker cannot import its protocol modules yet, the package's
+#     `reapi` extra (grpcio, protobuf, buildgrid-common: BuildGrid's generated REAPI / Remote Workers
+#     API modules without the server), as .ci/run's `pip install -e '.[test,reapi]'` does.
 #
 #   bash .ci/setup-reapi.sh
 set -euo pipefail
@@ -39,9 +39,8 @@ if ! "$VENV/bin/bgd" --help >/dev/null 2>&1; then
 fi
 
 if ! "$PYTHON" -c 'import expbuild_isolation.worker.reapi_protos' >/dev/null 2>&1; then
-    log "REAPI protos for the worker (grpcio, protobuf, buildgrid --no-deps)"
-    "$PYTHON" -m pip install -q "grpcio>=1.73" "protobuf>=6.31,<8"
-    "$PYTHON" -m pip install -q --no-deps "buildgrid==$BUILDGRID_VERSION"
+    log "the worker's REAPI extra: pip install -e '.[reapi]'"
+    (cd "$(dirname "$0")/.." && "$PYTHON" -m pip install -q -e '.[reapi]')
 fi
 
 "$PYTHON" -c 'import expbuild_isolation.worker.reapi_protos' \

@@ -43,7 +43,7 @@ inputs_hash() {  # everything that changes the image: the package sources, its m
     (
         cd "$ROOT"
         {
-            printf '%s\n' pyproject.toml image/Containerfile image/build.sh image/requirements.lock
+            printf '%s\n' pyproject.toml image/Containerfile image/build.sh image/requirements.lock image/runtime_root.py
             find operator/expbuild_isolation -type f ! -path '*/__pycache__/*' ! -name '*.pyc'
         } | LC_ALL=C sort | xargs sha256sum
     ) | sha256sum | cut -d' ' -f1
@@ -126,7 +126,7 @@ build() {
     CTX=$(mktemp -d)
     trap 'rm -rf "$CTX"' EXIT
     wheels "$CTX/wheels"
-    cp "$ROOT/image/Containerfile" "$CTX/Containerfile"
+    cp "$ROOT/image/Containerfile" "$ROOT/image/runtime_root.py" "$CTX/"
     local previous
     previous=$("$ENGINE" image inspect --format '{{ .Id }}' "localhost/expbuild-isolation:$version" 2>/dev/null || true)
     log "$ENGINE build expbuild-isolation:$version from $BASE"

@@ -5,10 +5,10 @@
 2. the same with ``kubectl apply -f manifests/install/``.
 
 Skipped with the reason when no cluster answers or helm/kubectl are missing.
-The cluster must hold the operator image (``image/build.sh``, then e.g.
-``kind load docker-image ghcr.io/expbuild/expbuild-isolation:0.1.0``) and the
-example's image ``localhost/expbuild-busybox:latest`` (``.ci/setup-containers.sh``
-builds it). Both installs use the fixed names of the plain manifests, so the
+The cluster must hold the operator image (``image/build.sh``) and the example's
+image ``localhost/expbuild-busybox:latest`` (``.ci/setup-containers.sh`` builds
+it); the throwaway kind cluster (conftest.py) is given both, another cluster
+needs e.g. ``kind load docker-image`` or a registry. Both installs use the fixed names of the plain manifests, so the
 tests run one after the other and remove what they installed (the CRD stays:
 the chart keeps it on uninstall by design), in either order: the Helm test
 adopts a CRD applied with kubectl as the README says.

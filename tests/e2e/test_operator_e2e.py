@@ -1,4 +1,5 @@
-"""The operator against a real cluster from KUBECONFIG: apply the CRD and the hello example, wait for Succeeded.
+"""The operator against a real cluster (KUBECONFIG, or a throwaway kind cluster: conftest.py, kind.py): apply the
+CRD and the hello example, wait for Succeeded.
 
 Skipped (with the reason) when no cluster answers. The operator runs in-process
 under kopf.testing.KopfRunner; the cluster must be able to pull or already
@@ -18,7 +19,7 @@ CRD = ROOT / "crds" / "executiontask.yaml"
 HELLO = ROOT / "manifests" / "examples" / "hello.yaml"
 
 
-def _cluster():
+def _cluster(why: str = "", *, required: bool = False):
     try:
         import kubernetes
         kubernetes.config.load_kube_config()
@@ -26,7 +27,11 @@ def _cluster():
         kubernetes.client.VersionApi(api).get_code(_request_timeout=5)
         return api
     except Exception as exc:  # no kubeconfig, unreachable, unauthorized: all mean "no cluster here"
-        pytest.skip(f"no Kubernetes cluster reachable from KUBECONFIG ({type(exc).__name__}: {exc})"[:300])
+        reason = f"no Kubernetes cluster reachable from the kubeconfig ({why or 'KUBECONFIG'}; " \
+                 f"{type(exc).__name__}: {exc})"[:400]
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def test_the_hello_example_succeeds(cluster, namespace):

@@ -7,7 +7,10 @@ from other sources than the checkout's, the module skips ("run .ci/build-image.s
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -49,7 +52,6 @@ def image_labels() -> dict[str, str] | None:
     result = docker("image", "inspect", "--format", "{{ json .Config.Labels }}", IMAGE, check=False)
     if result.returncode != 0:
         return None
-    import json
     return json.loads(result.stdout) or {}
 
 
@@ -117,14 +119,100 @@ def program_header_types(elf: bytes) -> list[int]:
 
 
 def test_installed_distributions_are_the_lock():
+    """Exactly the pins and the package: pip and setuptools left with the install stage."""
     lock = {}
     for line in (ROOT / "image" / "requirements.lock").read_text().splitlines():
         if line and not line.startswith("#"):
             name, version = line.split("==")
-            lock[name] = version
-    frozen = dict(line.split("==") for line in run("freeze", entrypoint="/opt/expbuild/bin/pip").split())
-    assert frozen.pop("expbuild-isolation") == __version__
-    assert frozen == lock
+            lock[normalize(name)] = version
+    listing = run("-c", "import importlib.metadata as m\nfor d in m.distributions(): print(d.name, d.version)",
+                  entrypoint="/opt/expbuild/bin/python")
+    installed = {normalize(name): version for name, version in (line.split() for line in listing.splitlines())}
+    assert installed.pop("expbuild-isolation") == __version__
+    assert installed == lock
+
+
+def normalize(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``PyYAML`` is ``pyyaml``, ``typing_extensions``...)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_image_is_slim():
+    """The Python runtime, busybox and the venv only (it was 341 MB as a Debian minbase with a full venv)."""
+    size = int(docker("image", "inspect", "--format", "{{ .Size }}", IMAGE).stdout)
+    assert size < SIZE_BUDGET, f"{IMAGE} is {size / 1e6:.0f} MB, over the {SIZE_BUDGET / 1e6:.0f} MB budget"
+
+
+SIZE_BUDGET = 160_000_000
+
+
+def test_tls_verifies_with_the_image_ca_bundle():
+    """OpenSSL's default paths lead to the CA bundle (the kubernetes client and aiohttp verify with them)."""
+    out = run("-c", "import ssl; print(ssl.create_default_context().cert_store_stats()['x509_ca'])",
+              entrypoint="/opt/expbuild/bin/python", options=tuple(HARDENED))
+    assert int(out) > 100
+
+
+def test_name_lookups_read_etc_hosts_before_dns():
+    """glibc without nsswitch.conf asks DNS first, and a cluster DNS's "no such name" would be final."""
+    nsswitch = run("/etc/nsswitch.conf", entrypoint="cat")
+    assert "hosts: files dns" in nsswitch.splitlines()
+    assert run("hosts", "localhost", entrypoint="getent", options=("--network", "none")).split()[0] in {
+        "127.0.0.1", "::1"}
+
+
+def test_the_agent_loads_seccomp_filters_and_unshares_inside_the_image():
+    """What the namespace executor does in the agent's container, done by the code in the image.
+
+    As root with CAP_SYS_ADMIN (the agent's non-privileged mode): a child unshares a mount namespace
+    and mounts a tmpfs (the control); another loads the strict profile through libseccomp and the
+    kernel then refuses it the same unshare (EPERM).
+    """
+    out = run("-c", AGENT_PROBE, entrypoint="/opt/expbuild/bin/python",
+              options=("--user", "0", "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
+                       "--security-opt", "apparmor=unconfined", "--network", "none"))
+    answers = json.loads(out)
+    assert answers["control"] == "mounted", answers
+    assert answers["filtered"] == f"OSError {errno.EPERM}", answers
+    assert answers["seccomp_mode"] == "2", answers
+
+
+AGENT_PROBE = """
+import json, os
+from expbuild_isolation.executors import linux, seccomp
+
+def in_child(step):
+    read, write = os.pipe()
+    if os.fork() == 0:
+        try:
+            answer = step()
+        except OSError as exc:
+            answer = f"OSError {exc.errno}"
+        os.write(write, answer.encode())
+        os._exit(0)
+    os.close(write)
+    os.wait()
+    return os.read(read, 4096).decode()
+
+def control():
+    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    linux.mount("tmpfs", "/tmp", "tmpfs", 0, "size=1m")
+    open("/tmp/probe", "w").write("x")
+    return "mounted"
+
+def filtered():
+    seccomp.load_compiled(seccomp.compile_filter("expbuild-strict"))
+    linux.unshare(linux.CLONE_NEWUTS)
+    return "unshared"
+
+def seccomp_mode():
+    seccomp.load_compiled(seccomp.compile_filter("expbuild-strict"))
+    status = open("/proc/self/status").read()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:"))
+
+print(json.dumps({"control": in_child(control), "filtered": in_child(filtered), "seccomp_mode": in_child(seccomp_mode)}))
+"""
 
 
 def test_no_compilers_in_the_image():
