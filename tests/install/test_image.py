@@ -57,6 +57,11 @@ def image_labels() -> dict[str, str] | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def current_image() -> dict[str, str]:
+    return require_current_image()
+
+
+def require_current_image() -> dict[str, str]:
+    """The image's labels when it is built from this checkout; else skip, or fail under EXPBUILD_REQUIRE_IMAGE=1."""
     required = os.environ.get("EXPBUILD_REQUIRE_IMAGE") == "1"
     labels = image_labels()
     if labels is None:
