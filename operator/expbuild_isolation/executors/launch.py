@@ -32,6 +32,7 @@ class LaunchSpec:
     read_only_root: bool = True
     namespaces: list[str] = field(default_factory=lambda: ["pid", "mount", "net", "uts", "ipc"])
     trees: list[str] = field(default_factory=list)   # "workspace"/"tmp": sent as open_tree() fds after the pipes
+    deadline_seconds: float | None = None   # the sandbox kills itself this long after it starts, worker or not
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -49,6 +49,10 @@ from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_wor
 from .workspace import collect_outputs
 
 
+# The sandbox's own deadline, past the task's timeout: the worker normally ends the task at its timeout; this
+# ends it too if the worker is gone or stuck (a node agent killed mid-task must not leave its work running).
+SANDBOX_DEADLINE_GRACE_SECONDS = 10.0
+
 class NamespaceExecutor:
     name = "namespace"
 
@@ -235,7 +239,7 @@ class NamespaceExecutor:
             workspace=str(workspace), cgroup_procs=[str(p) for p in group.procs_files], rootfs=self.config.rootfs,
             tmp_source=str(disk / "tmp") if disk else None, tmp_size_bytes=self.config.tmp_size_bytes,
             network=network, uid=uid, gid=uid, seccomp_profile=profile, read_only_root=request.read_only_root,
-            namespaces=namespaces)
+            namespaces=namespaces, deadline_seconds=request.timeout_seconds + SANDBOX_DEADLINE_GRACE_SECONDS)
 
     async def _run(self, spec: LaunchSpec, request: ExecutionRequest, outcome: dict, spare: Spare,
                    shape: Shape, name: tuple[str, str]) -> None:

@@ -136,14 +136,14 @@ def _pid1(prep: Prepared, slot: int, tasks: socket.socket, to_waiter: socket.soc
     try:
         if priority is not None:   # the task and its waiter (our group) at the worker's priority
             os.setpriority(os.PRIO_PGRP, 0, priority)
-        step("hand the status pipe to the waiter")
-        socket.send_fds(to_waiter, [b"s"], [status_fd])
+        step("read the task's launch spec")
+        spec = LaunchSpec(**json.loads(message))
+        step("hand the status pipe and the deadline to the waiter")
+        socket.send_fds(to_waiter, [json.dumps({"deadline": spec.deadline_seconds}).encode()], [status_fd])
         to_waiter.close()
         tasks.close()
         if problem is not None:
             raise problem
-        step("read the task's launch spec")
-        spec = LaunchSpec(**json.loads(message))
         if (effective_namespaces(spec.namespaces, spec.network) != prep.namespaces or spec.rootfs != prep.rootfs
                 or (spec.network == "full") != prep.host_network):
             raise RuntimeError("launcher: the task does not fit the spare it was sent to")
@@ -244,6 +244,11 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
     rest of its PID namespace) the cgroup is empty and can go, while the waiter still exits.
     """
     trace("s.start", slot)
+    # The zygote dies with the worker (PDEATHSIG); the waiter with the zygote, and pid 1 with the waiter, so
+    # no sandbox outlives a killed worker. (PDEATHSIG is not inherited across fork: each sets its own.)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:
+        os._exit(0)   # the zygote died before the line above
     priority = os.getpriority(os.PRIO_PROCESS, 0)
     try:
         if may_lower_nice(priority):   # yield to running tasks, only where the task can get its priority back
@@ -269,9 +274,10 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
     to_waiter.close()
     status_fd = -1
     try:
-        _, fds, _, _ = socket.recv_fds(from_pid1, 16, 1)
+        message, fds, _, _ = socket.recv_fds(from_pid1, 256, 1)
         status_fd = fds[0] if fds else -1
-    except OSError:
+        _kill_at_deadline(pid, json.loads(message or b"{}").get("deadline"))
+    except (OSError, ValueError):
         pass
     from_pid1.close()
     while True:
@@ -288,6 +294,14 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
         os.close(status_fd)   # the worker reads EOF now, not after this process has torn down its memory
     trace("s.exit", slot)
     os._exit(0)
+
+
+def _kill_at_deadline(pid1: int, seconds: float | None) -> None:
+    """The sandbox's own deadline: SIGKILL to pid 1 (the kernel then kills its whole PID namespace)."""
+    if not seconds:
+        return
+    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid1, signal.SIGKILL))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
 def _fail_when_launched(tasks: socket.socket, line: str) -> None:
