@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..api.messages import shown
 from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 
 BackendName = Literal["host", "namespace", "docker", "podman"]
@@ -74,17 +75,34 @@ class WorkerConfig(BaseModel):
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_worker_config(path: str | Path) -> WorkerConfig:
-    """Read and validate a worker TOML file; ConfigError names the file and the key."""
+    """Read and validate a worker TOML file; ConfigError names the file and the key.
+
+    TOML refuses repeated keys itself; the file size is bounded before it is read, and nesting deep
+    enough to exhaust tomllib's recursion is refused in one line.
+    """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes (the most a worker file may be)")
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a worker file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     return parse_worker_config(raw, source=str(path))
 
 
@@ -114,5 +132,5 @@ def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown k
         elif error["type"] == "missing":
             lines.append(f"{key}: required")
         else:
-            lines.append(f"{key}: {message} (got {error.get('input')!r})")
+            lines.append(f"{key}: {message} (got {shown(error.get('input'))})")
     return "; ".join(dict.fromkeys(lines))

@@ -24,6 +24,7 @@ from ..executors.base import (
 )
 from ..executors.select import select_executor
 from ..executors.workspace import InputBlob, WorkspaceError, create_workspace, place_inputs, remove_workspace
+from .bounded_yaml import BadYaml, load_documents
 from .config import WorkerConfig, describe_validation_error
 
 LOG_TAIL_CHARS = 2048
@@ -34,16 +35,18 @@ class InvalidTask(Exception):
 
 
 def load_task(path: str | Path) -> ExecutionTask:
-    """Read and validate one ExecutionTask manifest."""
+    """Read and validate one ExecutionTask manifest (bounded: see ``bounded_yaml``)."""
     path = Path(path)
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [d for d in load_documents(path) if d is not None]
     except FileNotFoundError:
         raise InvalidTask(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidTask(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidTask(f"{path}: not valid YAML: {exc}") from None
+    except IsADirectoryError:
+        raise InvalidTask(f"{path}: is a directory, not a manifest file") from None
+    except OSError as exc:
+        raise InvalidTask(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except BadYaml as exc:
+        raise InvalidTask(str(exc)) from None
     tasks = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ExecutionTask"]
     if len(tasks) != 1:
         raise InvalidTask(f"{path}: expected one ExecutionTask, found {len(tasks)}")
