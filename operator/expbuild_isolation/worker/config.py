@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..api.messages import shown
 from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
+from .task_limits import TaskLimits
 
 BackendName = Literal["host", "namespace", "docker", "podman"]
 DEFAULT_CHAIN: tuple[BackendName, ...] = ("docker", "podman", "namespace", "host")
@@ -73,6 +74,7 @@ class WorkerConfig(BaseModel):
     isolation_minimum: Literal["None", "Process", "Filesystem", "Container", "VM"] = "None"
     platform: PlatformConfig = Field(default_factory=PlatformConfig)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    task_limits: TaskLimits = Field(default_factory=TaskLimits)
 
 
 MAX_CONFIG_BYTES = 1 << 20
