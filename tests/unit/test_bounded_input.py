@@ -81,6 +81,11 @@ def test_binary_garbage_is_one_clear_line(tmp_path):
     assert "not UTF-8" in refused(path)
 
 
+def test_a_control_character_is_one_clear_line(tmp_path):
+    """Found by the fuzzer: PyYAML refuses it while constructing the loader, outside the usual error path."""
+    assert "unacceptable character #x001f" in refused(write(tmp_path, "\x1f"))
+
+
 def test_a_directory_is_not_a_manifest(tmp_path):
     assert "is a directory" in refused(tmp_path)
 

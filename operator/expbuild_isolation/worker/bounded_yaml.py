@@ -54,8 +54,9 @@ def load_documents(path: str | Path, *, max_bytes: int = MAX_BYTES, max_depth: i
 
 def parse_documents(text: str, *, source: str = "<yaml>", max_depth: int = MAX_DEPTH,
                     max_nodes: int = MAX_NODES) -> list[Any]:
-    loader = _BoundedLoader(text, max_depth=max_depth, max_nodes=max_nodes)
+    loader = None
     try:
+        loader = _BoundedLoader(text, max_depth=max_depth, max_nodes=max_nodes)   # checks the characters
         documents = []
         while loader.check_node():
             node = loader.get_node()
@@ -65,11 +66,14 @@ def parse_documents(text: str, *, source: str = "<yaml>", max_depth: int = MAX_D
     except yaml.YAMLError as exc:
         raise BadYaml(f"{source}: not valid YAML: {_describe(exc)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _describe(exc: yaml.YAMLError) -> str:
     """The problem and where, without PyYAML's quoted snippet of the input."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{str(exc).splitlines()[0]} (character {exc.position + 1})"
     problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -7,6 +7,7 @@ A bad file gives one error naming the file and the key, e.g.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import tomllib
 from pathlib import Path
@@ -115,6 +116,17 @@ def parse_worker_config(raw: dict, *, source: str = "<config>") -> WorkerConfig:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
+def _key_part(part: object) -> str:
+    """One step of a key's path: a name as written, an index as [3], anything else quoted and short
+    (a key a user wrote may hold a newline; the error stays one line)."""
+    text = str(part)
+    if isinstance(part, int) or text.isdigit():
+        return f"[{text}]"
+    if re.fullmatch(r"[A-Za-z_][-A-Za-z0-9_.]*", text) and len(text) <= 64:
+        return text
+    return f"[{shown(text, 30)}]"
+
+
 def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown key",
                               self_named: tuple[str, ...] = ()) -> str:
     """One line per problem: the key's path (``executor.chain[1]``), then what is wrong.
@@ -124,8 +136,8 @@ def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown k
     """
     lines = []
     for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "union["))]
-        key = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+        loc = [p for p in error["loc"] if not str(p).startswith(("function-", "union["))]
+        key = ".".join(_key_part(p) for p in loc).replace(".[", "[") or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if self_named and message.startswith(self_named):
             lines.append(message)
