@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from .. import audit, metrics
 from ..api.task import GROUP, PLURAL, VERSION, ExecutionTask, Phase
@@ -44,6 +45,7 @@ from ..kube.leases import (
 )
 from ..kube.names import MANAGED_BY, TASK_LABEL, TASK_NAME_ANNOTATION, object_name
 from ..kube.status import parse_time, status_from, timestamp
+from ..worker.local import describe_task_error
 from .cluster import ApiError, Cluster, NotOwned
 
 EXECUTOR = "job"
@@ -100,9 +102,38 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's INFO chatter would drown it
 
 
+def readable(body: dict[str, Any]) -> ExecutionTask | None:
+    """The task in ``body``, or None when it cannot be read (kopf would retry a failing handler forever)."""
+    try:
+        return ExecutionTask.model_validate(body)
+    except ValidationError:
+        return None
+
+
+async def _unreadable(state: OperatorState, body: dict[str, Any]) -> None:
+    """A task object the models refuse (stored before a CRD change, a status written by hand) ends in Error,
+    once, with the models' own message; it is never retried."""
+    try:
+        ExecutionTask.model_validate(body)
+        return
+    except ValidationError as exc:
+        message = describe_task_error(exc)
+    status = body.get("status") if isinstance(body.get("status"), dict) else {}
+    if (status.get("phase"), status.get("reason")) == (Phase.ERROR.value, "InvalidTask"):
+        return
+    meta = body["metadata"]
+    patch = {"phase": Phase.ERROR.value, "reason": "InvalidTask", "message": message[:1024],
+             "completionTime": timestamp(now())}
+    await state.api.patch_task_status(meta["namespace"], meta["name"], patch)
+    kopf.event(body, type="Warning", reason="InvalidTask", message=message[:1024])
+
+
 async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     state: OperatorState = memo.state
-    task = ExecutionTask.model_validate(dict(body))
+    task = readable(dict(body))
+    if task is None:
+        await _unreadable(state, dict(body))
+        return
     if task.status.phase.finished or NODE_LABEL in task.metadata.labels:
         return  # finished, or placed on a node agent (``agent_check`` watches it from now on)
     async with state.lock(task.key):
@@ -139,7 +170,7 @@ async def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             metrics.RECONCILE_ERRORS.inc()
             raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
         fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
-        if fresh is not None and ExecutionTask.model_validate(fresh).status.phase is Phase.PENDING:
+        if fresh is not None and (readable(fresh) or task).status.phase is Phase.PENDING:
             level = render.isolation_level(task, state.config).value
             patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
                      "isolationLevel": level, "observedGeneration": task.metadata.generation}
@@ -189,11 +220,11 @@ async def track(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) ->
     if state.handler_context is None:
         state.handler_context = contextvars.copy_context()
     key = _key(meta["namespace"], meta["name"])
-    phase = Phase((body.get("status") or {}).get("phase") or "Pending")
-    if type == "DELETED" or phase.finished:
-        state.unfinished.pop(key, None)
+    task = readable(dict(body))
+    if type == "DELETED" or task is None or task.status.phase.finished:
+        state.unfinished.pop(key, None)   # an unreadable task is ended by ``start``, not checked periodically
     else:
-        state.unfinished[key] = NODE_LABEL in (meta.get("labels") or {})
+        state.unfinished[key] = NODE_LABEL in task.metadata.labels
 
 
 async def resync(state: OperatorState, namespace: str, name: str) -> None:
@@ -256,9 +287,9 @@ async def reconcile(state: OperatorState, namespace: str, name: str) -> None:
 
 async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
     body = await state.api.get_task(namespace, name)
-    if body is None:
+    task = readable(body) if body is not None else None
+    if body is None or task is None:
         return
-    task = ExecutionTask.model_validate(body)
     if (task.status.phase.finished or task.status.phase is Phase.PENDING or task.spec.cancel
             or task.spec.isolation.executor not in render.JOB_EXECUTORS or NODE_LABEL in task.metadata.labels):
         return
@@ -294,10 +325,8 @@ async def agent_check(state: OperatorState, namespace: str, name: str) -> None:
     """A task placed on an agent whose Lease expired: AgentLost if claimed, else placed again."""
     async with state.lock(_key(namespace, name)):
         fresh = await state.api.get_task(namespace, name)
-        if fresh is None:
-            return
-        task = ExecutionTask.model_validate(fresh)
-        if NODE_LABEL not in task.metadata.labels:
+        task = readable(fresh) if fresh is not None else None
+        if fresh is None or task is None or NODE_LABEL not in task.metadata.labels:
             return
         node = task.status.node or task.metadata.labels.get(NODE_LABEL, "")
         if task.status.phase.finished or task.spec.cancel:
@@ -393,19 +422,25 @@ async def cancel(body: kopf.Body, memo: kopf.Memo, new: Any, **_: Any) -> None:
     if not new:
         return
     state: OperatorState = memo.state
-    task = ExecutionTask.model_validate(dict(body))
+    task = readable(dict(body))
+    if task is None:
+        return
     async with state.lock(task.key):
         fresh = await state.api.get_task(task.metadata.namespace, task.metadata.name)
-        if fresh is None:
+        task = readable(fresh) if fresh is not None else None
+        if fresh is None or task is None:
             return
-        task = ExecutionTask.model_validate(fresh)
         if not task.status.phase.finished:
             await _cancel(state, task, fresh, "cancelled by spec.cancel")
 
 
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     state: OperatorState = memo.state
-    task = ExecutionTask.model_validate(dict(body))
+    task = readable(dict(body))
+    if task is None:   # still remove its Job (if any), and let the finalizer go
+        meta = body.get("metadata", {})
+        await state.api.delete_job(meta["namespace"], object_name(meta["name"]))
+        return
     async with state.lock(task.key):
         if not task.status.phase.finished:
             await _cancel(state, task, dict(body), "the task was deleted")
