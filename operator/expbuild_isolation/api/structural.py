@@ -57,7 +57,7 @@ def crd_violations(crd: dict[str, Any]) -> list[str]:
         if schema is None:
             found.append(f"{prefix}: required (apiextensions.k8s.io/v1 needs a structural schema)")
             continue
-        found += [f"{prefix}.{v}" if not v.startswith("[") else prefix + v
+        found += [prefix + v.removeprefix("(root)") if v.startswith(("(root)", "[")) else f"{prefix}.{v}"
                   for v in violations(schema, subresources=bool(version.get("subresources")))]
     return found
 
