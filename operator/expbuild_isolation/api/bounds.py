@@ -23,6 +23,8 @@ MAX_TIMEOUT = "7d"
 MAX_TIMEOUT_SECONDS = 7 * 86400
 
 _NUMBER = r"[0-9]+(\\.[0-9]+)?"
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,9}))?$"
+QUANTITY_MAX_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,17 @@ class QuantityBound:
         return (f"type(self) == int ? (self {low_int} && self <= {high_int})"
                 f" : (!isQuantity(self) || (quantity(self).compareTo(quantity('{self.low}')) {low_cmp}"
                 f" && quantity(self).compareTo(quantity('{self.high}')) <= 0))")
+
+
+def quantity_schema(description: str, bound: QuantityBound) -> dict[str, object]:
+    """The CRD schema of an int-or-string quantity with ``bound``.
+
+    Inside anyOf only the bare IntOrString pair is structural: a "minimum" beside the integer made every
+    API server refuse the CRD (issue #12). Both branches are bounded by one CEL rule with the models' message.
+    """
+    return {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN, "maxLength": QUANTITY_MAX_LENGTH, "description": description,
+            "x-kubernetes-validations": [{"rule": bound.cel_rule(), "message": bound.message}]}
 
 
 CPU = QuantityBound(MIN_CPU, MAX_CPU, f"must be from {MIN_CPU} to {MAX_CPU} CPU cores")

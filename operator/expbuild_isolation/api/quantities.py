@@ -86,6 +86,8 @@ def parse_cpu(value: str | int | float) -> float:
 _DURATION_UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001), ("us", 0.000001),
                    ("ns", 0.000000001))
 _DURATION = re.compile("^" + "".join(rf"(?:(?P<{u}>[0-9]+(?:\.[0-9]+)?){u})?" for u, _ in _DURATION_UNITS) + "$")
+# the same grammar for the CRD (Go's RE2 has no named groups): a plain number, or the units in order
+DURATION_PATTERN = r"^[0-9]+$|^" + "".join(rf"([0-9]+(\.[0-9]+)?{u})?" for u, _ in _DURATION_UNITS) + "$"
 
 
 def is_duration(text: str) -> bool:

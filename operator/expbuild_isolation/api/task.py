@@ -23,7 +23,7 @@ from pydantic.alias_generators import to_camel
 
 from . import bounds
 from .messages import shown
-from .quantities import QuantityError, parse_bytes, parse_cpu, parse_duration, parse_quantity
+from .quantities import DURATION_PATTERN, QuantityError, parse_bytes, parse_cpu, parse_duration, parse_quantity
 
 GROUP = "expbuild.io"
 VERSION = "v1alpha1"
@@ -31,11 +31,6 @@ KIND = "ExecutionTask"
 PLURAL = "executiontasks"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,9}))?$"
-QUANTITY_MAX_LENGTH = 64
-# each unit at most once, largest first (api.quantities.parse_duration); a plain number is seconds
-DURATION_PATTERN = (r"^[0-9]+$|^" + "".join(rf"([0-9]+(\.[0-9]+)?{unit})?" for unit in ("d", "h", "m", "s", "ms", "us", "ns"))
-                    + "$")
 NO_NUL = r"^[^\x00]*$"   # in the CRD; the models say it in words
 PATH_RULES = [
     {"rule": "!self.startsWith('/')", "message": "must be a relative path inside the workspace"},
@@ -48,14 +43,6 @@ class Model(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
                               use_enum_values=False, validate_default=True)
-
-
-def _quantity_schema(description: str, bound: bounds.QuantityBound) -> dict[str, Any]:
-    # Inside anyOf only the bare IntOrString pair is structural: a "minimum" beside the integer made every API
-    # server refuse the CRD (issue #12). Bounds for both branches are one CEL rule with the models' message.
-    return {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True,
-            "pattern": QUANTITY_PATTERN, "maxLength": QUANTITY_MAX_LENGTH, "description": description,
-            "x-kubernetes-validations": [{"rule": bound.cel_rule(), "message": bound.message}]}
 
 
 def _no_nul(value: str) -> str:
@@ -191,13 +178,13 @@ class Outputs(Model):
 
 class Resources(Model):
     cpu: str | int | None = Field(None, description='CPU cores, as a Kubernetes quantity ("500m", "2").',
-                                  json_schema_extra=_quantity_schema('CPU cores, as a Kubernetes quantity ("500m", "2").',
+                                  json_schema_extra=bounds.quantity_schema('CPU cores, as a Kubernetes quantity ("500m", "2").',
                                                                      bounds.CPU))
     memory: str | int | None = Field(None, description='Memory limit, swap included ("512Mi", "2Gi").',
-                                     json_schema_extra=_quantity_schema('Memory limit, swap included ("512Mi", "2Gi").',
+                                     json_schema_extra=bounds.quantity_schema('Memory limit, swap included ("512Mi", "2Gi").',
                                                                         bounds.MEMORY))
     disk: str | int | None = Field(None, description='Space for the workspace and /tmp ("1Gi").',
-                                   json_schema_extra=_quantity_schema('Space for the workspace and /tmp ("1Gi").',
+                                   json_schema_extra=bounds.quantity_schema('Space for the workspace and /tmp ("1Gi").',
                                                                       bounds.DISK))
     pids: int | None = Field(None, ge=1, le=bounds.MAX_PIDS,
                              description="Most processes and threads at once (stops fork bombs).")
@@ -208,8 +195,8 @@ class Resources(Model):
         if value is None:
             return value
         field = f"spec.resources.{info.field_name}"
-        if isinstance(value, str) and len(value) > QUANTITY_MAX_LENGTH:
-            raise ValueError(f"{field}: {shown(value)} is longer than {QUANTITY_MAX_LENGTH} characters")
+        if isinstance(value, str) and len(value) > bounds.QUANTITY_MAX_LENGTH:
+            raise ValueError(f"{field}: {shown(value)} is longer than {bounds.QUANTITY_MAX_LENGTH} characters")
         amount = _quantity(parse_quantity, value, field)
         bound = {"cpu": bounds.CPU, "memory": bounds.MEMORY, "disk": bounds.DISK}[info.field_name]
         if not bound.check(amount):
