@@ -30,6 +30,8 @@ GOOD = {
     "timeout-in-parts": task(timeout="1d23h59m59s999ms"),
     "timeout-plain-seconds": task(timeout="604800"),
     "configmap-into-the-workspace-root": task(inputs=[{"path": ".", "configMap": {"name": "s"}}]),
+    "image-with-registry-port-tag": task(image="registry.local:5000/team/app_x/run-1:1.2-rc_1"),
+    "image-by-digest": task(image="ghcr.io/expbuild/expbuild-isolation@sha256:" + "0a" * 32),
 }
 
 BAD = {
@@ -74,6 +76,11 @@ BAD = {
     # NUL bytes: a clear refusal at validation, not a traceback from an executor
     "nul-in-command": (task(command=["sh", "-c", "echo a\0b"]), "spec.command[2]: contains a NUL byte"),
     "nul-in-env": (task(env=[{"name": "A", "value": "x\0y"}]), "spec.env[0].value: contains a NUL byte"),
+    # an image reference every engine refuses: refused here, naming the field (it was ExecutorFailed from Docker)
+    "image-uppercase": (task(image="UPPER/Bad"), "spec.image: 'UPPER/Bad' is not an image reference"),
+    "image-with-space": (task(image="busybox latest"), "spec.image"),
+    "image-bad-digest": (task(image="busybox@sha256:zz"), "spec.image"),
+    "image-with-newline": (task(image="busybox\n"), "spec.image"),
     # a content input must name a file, not the workspace itself
     "content-path-empty": (task(inputs=[{"path": "", "content": "x"}]), "a content input needs a file name"),
     "content-path-dot": (task(inputs=[{"path": ".", "content": "x"}]), "a content input needs a file name"),

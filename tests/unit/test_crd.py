@@ -61,6 +61,11 @@ def test_every_spec_field_has_a_description_for_kubectl_explain():
     assert not missing
 
 
+def go_search(pattern, value):
+    """re.search with Go's RE2 meaning of `$` (the end of the text; Python's also matches before a final newline)."""
+    return re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), value)
+
+
 def _find(text, regex):
     match = re.search(str(regex), str(text))
     return celpy.celtypes.StringType(match.group(0) if match else "")
@@ -101,7 +106,7 @@ class ApiServer:
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 errors.append(f"{path}: must be int or string")
                 return
-            if isinstance(value, str) and not re.search(schema["pattern"], value):
+            if isinstance(value, str) and not go_search(schema["pattern"], value):
                 errors.append(f"{path}: bad quantity")
             if isinstance(value, str) and len(value) > schema.get("maxLength", 1 << 30):
                 errors.append(f"{path}: length")
@@ -113,7 +118,7 @@ class ApiServer:
         if "enum" in schema and value not in schema["enum"]:
             errors.append(f"{path}: not in enum")
         if kind == "string":
-            if "pattern" in schema and not re.search(schema["pattern"], value):
+            if "pattern" in schema and not go_search(schema["pattern"], value):
                 errors.append(f"{path}: pattern")
             if len(value) > schema.get("maxLength", 1 << 30) or len(value) < schema.get("minLength", 0):
                 errors.append(f"{path}: length")

@@ -32,6 +32,11 @@ PLURAL = "executiontasks"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 NO_NUL = r"^[^\x00]*$"   # in the CRD; the models say it in words
+# An image reference as Docker, Podman and the kubelet parse it: [registry[:port]/]path[:tag][@digest]; or empty.
+_DOMAIN = r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?"
+_PATH = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (rf"^$|^({_DOMAIN}/)?{_PATH}(/{_PATH})*(:[A-Za-z0-9_][-.A-Za-z0-9_]{{0,127}})?"
+                 rf"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$")
 PATH_RULES = [
     {"rule": "!self.startsWith('/')", "message": "must be a relative path inside the workspace"},
     {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "must not contain '..'"},
@@ -289,7 +294,7 @@ class Isolation(Model):
 
 class ExecutionTaskSpec(Model):
     image: str = Field("", max_length=1024, description="Container image; ignored by the host and namespace "
-                       "executors unless they unpack images.")
+                       "executors unless they unpack images.", json_schema_extra={"pattern": IMAGE_PATTERN})
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="When to pull the image (IfNotPresent keeps pre-loaded images working).")
     command: list[Annotated[Text, Field(max_length=131072)]] = Field(
@@ -311,6 +316,14 @@ class ExecutionTaskSpec(Model):
     network: Network = Field(default_factory=Network, description="What the command may reach over the network.")
     isolation: Isolation = Field(default_factory=Isolation, description="How strongly the task is kept from the host.")
     cancel: bool = Field(False, description="Set to true to stop the task; it ends Cancelled.")
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not re.fullmatch(IMAGE_PATTERN, value):
+            raise ValueError(f"spec.image: {shown(value)} is not an image reference (e.g. \"localhost/busybox:latest\": "
+                             f"a lowercase repository, then :tag and/or @sha256:digest)")
+        return value
 
     @field_validator("working_dir")
     @classmethod
