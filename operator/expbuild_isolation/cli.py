@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, InvalidTask, ConfigError) as exc:
-        print(f"expbuild-isolation: error: {exc}", file=sys.stderr)
+        print(f"expbuild-isolation: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_NOT_RUN if args.command == "run" else 2
     except KeyboardInterrupt:
         print("expbuild-isolation: interrupted", file=sys.stderr)
@@ -45,9 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment problem: still one line, traceback on request
         if os.environ.get("EXPBUILD_DEBUG"):
             raise
-        print(f"expbuild-isolation: internal error: {type(exc).__name__}: {exc} "
+        print(f"expbuild-isolation: internal error: {type(exc).__name__}: {_one_line(str(exc))[:2000]} "
               f"(set EXPBUILD_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_NOT_RUN if args.command == "run" else 1
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line: a newline that came from the input is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _parser() -> argparse.ArgumentParser:

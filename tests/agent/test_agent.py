@@ -213,9 +213,9 @@ async def test_a_job_the_api_server_refuses_ends_rejected_once_and_never_goes_to
 
 
 async def test_an_unschedulable_task_stays_on_the_job_path_even_with_an_agent_alive(api, operator):
-    # cpu 10000 and 100Ti: the scheduler says no; an agent would run it with no scheduler and no quota.
+    # cpu 512 and 60Ti: the scheduler says no; an agent would run it with no scheduler and no quota.
     await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
-    await api.create(TASKS, task_body("stuck", resources={"cpu": "10000", "memory": "100Ti"}))
+    await api.create(TASKS, task_body("stuck", resources={"cpu": "512", "memory": "60Ti"}))
     await eventually(lambda: api.get("/apis/batch/v1/namespaces/ci/jobs/xt-stuck"), what="the Job")
     pod = await job_pod(api, "stuck", {"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
     pod["spec"].pop("nodeName")

@@ -135,15 +135,15 @@ def test_auto_with_disk_goes_to_an_agent_only_when_disk_is_a_hard_limit():
 
 def test_placement_has_no_fallback_for_what_an_agent_cannot_fix():
     # A refused Job (admission, quota) or an unschedulable pod stays the Job path's: an agent would bypass it.
-    assert decide(task(resources={"cpu": "10000", "memory": "100Ti"}), [agent("n1")], config=CONFIG,
+    assert decide(task(resources={"cpu": "512", "memory": "60Ti"}), [agent("n1")], config=CONFIG,
                   now=NOW).kind == "job"
 
 
 def test_no_agent_gets_a_task_bigger_than_its_node():
-    big = task(isolation={"executor": "namespace"}, resources={"cpu": "10000", "memory": "1Gi"})
+    big = task(isolation={"executor": "namespace"}, resources={"cpu": "512", "memory": "1Gi"})
     plan = decide(big, [agent("n1", cpu=2), agent("n2", cpu=4)], config=CONFIG, now=NOW)
     assert (plan.kind, plan.reason) == ("error", "ExceedsNodeCapacity")
-    assert "n1 has 2 cores" in plan.message and "n2 has 4 cores" in plan.message and "cpu 10000" in plan.message
+    assert "n1 has 2 cores" in plan.message and "n2 has 4 cores" in plan.message and "cpu 512" in plan.message
     fits = task(isolation={"executor": "namespace"}, resources={"cpu": "3", "memory": "9Gi"})
     assert decide(fits, [agent("n1", cpu=2), agent("n2", cpu=4)], config=CONFIG, now=NOW).reason == "ExceedsNodeCapacity"
     plan = decide(fits, [agent("n1", cpu=2), agent("n2", cpu=4, memory=16 << 30)], config=CONFIG, now=NOW)

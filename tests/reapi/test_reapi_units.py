@@ -232,3 +232,26 @@ async def test_an_input_root_is_materialized_with_modes_and_symlinks(tmp_path):
     (tmp_path / "ws" / "a.txt").chmod(0o644)
     (tmp_path / "ws" / "a.txt").write_bytes(b"changed by the action")
     assert cas.read(digest_of(data)) == data                                   # a copy, never a shared inode
+
+
+# -- bad input: the same bounds and refusals as a task (issue #14) --------------------------------------------
+
+
+@pytest.mark.parametrize("props, fragment", [
+    ({"cpu": "1e30"}, "platform property cpu='1e30': must be from 1m to 1024 CPU cores"),
+    ({"memory": "999999Ei"}, "platform property memory='999999Ei': must be more than 0 and at most 64Ti"),
+    ({"disk": "1Ei"}, "platform property disk='1Ei': must be more than 0 and at most 64Ti"),
+    ({"memory": "1e999999999"}, "platform property memory='1e999999999'"),
+    ({"pids": "99999999999999999999"}, "platform property pids="),
+])
+def test_platform_limits_have_the_apis_upper_bounds(props, fragment):
+    with pytest.raises(InvalidAction, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        plan(command(platform=props))
+
+
+def test_a_nul_byte_in_an_argument_or_the_environment_is_refused():
+    with pytest.raises(InvalidAction, match=r"Command.arguments\[2\]: contains a NUL byte"):
+        plan(command(arguments=["sh", "-c", "echo a\0b"]))
+    env = [re_pb2.Command.EnvironmentVariable(name="A", value="x\0y")]
+    with pytest.raises(InvalidAction, match="Command.environment_variables"):
+        plan(command(environment_variables=env))

@@ -25,6 +25,13 @@ GOOD = {
     "integer-quantities": task(resources={"cpu": 1, "memory": 1073741824}),
     "localhost-profile": task(isolation={"seccompProfile": "Localhost/profiles/my.json"}),
     "cpu-millis": task(resources={"cpu": "250m"}),
+    "largest-limits": task(resources={"cpu": "1024", "memory": "64Ti", "disk": 70368744177664, "pids": 4194304},
+                           timeout="7d"),
+    "timeout-in-parts": task(timeout="1d23h59m59s999ms"),
+    "timeout-plain-seconds": task(timeout="604800"),
+    "configmap-into-the-workspace-root": task(inputs=[{"path": ".", "configMap": {"name": "s"}}]),
+    "image-with-registry-port-tag": task(image="registry.local:5000/team/app_x/run-1:1.2-rc_1"),
+    "image-by-digest": task(image="ghcr.io/expbuild/expbuild-isolation@sha256:" + "0a" * 32),
 }
 
 BAD = {
@@ -62,6 +69,47 @@ BAD = {
                                    "spec.isolation.seccompProfile"),
     "localhost-profile-hidden": (task(isolation={"seccompProfile": "Localhost/profiles/.x/../y.json"}),
                                  "spec.isolation.seccompProfile"),
+    # issue #14: every quantity has an upper bound, with the same message in the models and the CRD
+    "cpu-1e30": (task(resources={"cpu": "1e30"}), "spec.resources.cpu: '1e30' is out of range: must be from 1m"),
+    "cpu-int-too-many": (task(resources={"cpu": 1025}), "spec.resources.cpu: 1025 is out of range"),
+    "cpu-zero": (task(resources={"cpu": 0}), "spec.resources.cpu: 0 is out of range"),
+    "memory-999999Ei": (task(resources={"memory": "999999Ei"}), "spec.resources.memory: '999999Ei' is out of range"),
+    "memory-huge-exponent": (task(resources={"memory": "1e999999999"}), "spec.resources.memory: '1e999999999' is out"),
+    "memory-zero": (task(resources={"memory": "0"}), "spec.resources.memory: '0' is out of range"),
+    "disk-1Ei": (task(resources={"disk": "1Ei"}), "spec.resources.disk: '1Ei' is out of range"),
+    "disk-int-too-big": (task(resources={"disk": 70368744177665}), "spec.resources.disk: 70368744177665 is out"),
+    "pids-too-many": (task(resources={"pids": 4194305}), "spec.resources.pids"),
+    "timeout-8d": (task(timeout="8d"), "spec.timeout: '8d' is out of range: must be a duration more than 0 and at most 7d"),
+    "timeout-huge": (task(timeout="99999999999d"), "spec.timeout: '99999999999d' is out of range"),
+    "timeout-plain-too-long": (task(timeout="604801"), "spec.timeout: '604801' is out of range"),
+    "timeout-168h-and-a-bit": (task(timeout="168h1ns"), "spec.timeout: '168h1ns' is out of range"),
+    "timeout-zero": (task(timeout="0s"), "spec.timeout: '0s' is out of range"),
+    "timeout-units-out-of-order": (task(timeout="30m1h"), "spec.timeout"),
+    # NUL bytes: a clear refusal at validation, not a traceback from an executor
+    "nul-in-command": (task(command=["sh", "-c", "echo a\0b"]), "spec.command[2]: contains a NUL byte"),
+    "nul-in-env": (task(env=[{"name": "A", "value": "x\0y"}]), "spec.env[0].value: contains a NUL byte"),
+    # an image reference every engine refuses: refused here, naming the field (it was ExecutorFailed from Docker)
+    "image-uppercase": (task(image="UPPER/Bad"), "spec.image: 'UPPER/Bad' is not an image reference"),
+    "image-with-space": (task(image="busybox latest"), "spec.image"),
+    "image-bad-digest": (task(image="busybox@sha256:zz"), "spec.image"),
+    "image-with-newline": (task(image="busybox\n"), "spec.image"),
+    # a content input must name a file, not the workspace itself
+    "content-path-empty": (task(inputs=[{"path": "", "content": "x"}]), "a content input needs a file name"),
+    "content-path-dot": (task(inputs=[{"path": ".", "content": "x"}]), "a content input needs a file name"),
+    "content-path-dot-slash": (task(inputs=[{"path": "./.", "content": "x"}]), "a content input needs a file name"),
+}
+
+# bad manifest -> the CRD rule message the API server must answer with, the same words the models use
+SAME_MESSAGE = {
+    "cpu-1e30": "must be from 1m to 1024 CPU cores", "cpu-int-too-many": "must be from 1m to 1024 CPU cores",
+    "cpu-zero": "must be from 1m to 1024 CPU cores", "memory-999999Ei": "must be more than 0 and at most 64Ti",
+    "memory-huge-exponent": "must be more than 0 and at most 64Ti", "memory-zero": "must be more than 0 and at most 64Ti",
+    "disk-1Ei": "must be more than 0 and at most 64Ti", "disk-int-too-big": "must be more than 0 and at most 64Ti",
+    "timeout-8d": "must be a duration more than 0 and at most 7d", "timeout-huge": "must be a duration more than 0",
+    "timeout-plain-too-long": "must be a duration more than 0", "timeout-168h-and-a-bit": "must be a duration more",
+    "timeout-zero": "must be a duration more than 0",
+    "content-path-empty": "a content input needs a file name", "content-path-dot": "a content input needs a file name",
+    "content-path-dot-slash": "a content input needs a file name",
 }
 
 # Rules only a program can check; the API server cannot see them (duplicates, ports, lookalike units).

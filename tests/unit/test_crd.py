@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from expbuild_isolation.api.crd import build_crd, render_crd_yaml
+from expbuild_isolation.api.quantities import QuantityError, parse_quantity
 
-from .manifests import BAD, GOOD, LOCAL_ONLY
+from .manifests import BAD, GOOD, LOCAL_ONLY, SAME_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "executiontask.yaml"
@@ -63,6 +64,34 @@ def test_every_spec_field_has_a_description_for_kubectl_explain():
 _ABSENT = object()
 
 
+def go_search(pattern, value):
+    """re.search with Go's RE2 meaning of `$` (the end of the text; Python's also matches before a final newline)."""
+    return re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), value)
+
+
+def _find(text, regex):
+    match = re.search(str(regex), str(text))
+    return celpy.celtypes.StringType(match.group(0) if match else "")
+
+
+def _is_quantity(text):
+    try:
+        parse_quantity(str(text))
+    except QuantityError:
+        return celpy.celtypes.BoolType(False)
+    return celpy.celtypes.BoolType(True)
+
+
+def _compare(left, right):
+    return celpy.celtypes.IntType((left > right) - (left < right))
+
+
+# The Kubernetes CEL libraries our rules use (regex find, quantity), which cel-python lacks; a quantity is
+# emulated with our own parser, whose grammar the CRD's pattern admits exactly.
+K8S_FUNCTIONS = {"find": _find, "isQuantity": _is_quantity, "quantity": lambda text: parse_quantity(str(text)),
+                 "compareTo": _compare}
+
+
 class ApiServer:
     """The part of the API server's validation a CRD drives: defaults, types, enums, patterns, bounds, CEL."""
 
@@ -87,11 +116,11 @@ class ApiServer:
         if schema.get("x-kubernetes-int-or-string"):
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 errors.append(f"{path}: must be int or string")
-            elif isinstance(value, int) and value < 0:
-                errors.append(f"{path}: must be >= 0")
-            elif isinstance(value, str) and not re.search(schema["pattern"], value):
+                return
+            if isinstance(value, str) and not go_search(schema["pattern"], value):
                 errors.append(f"{path}: bad quantity")
-            return
+            if isinstance(value, str) and len(value) > schema.get("maxLength", 1 << 30):
+                errors.append(f"{path}: length")
         kind = schema.get("type")
         python = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}.get(kind)
         if python and (not isinstance(value, python) or (kind == "integer" and isinstance(value, bool))):
@@ -100,7 +129,7 @@ class ApiServer:
         if "enum" in schema and value not in schema["enum"]:
             errors.append(f"{path}: not in enum")
         if kind == "string":
-            if "pattern" in schema and not re.search(schema["pattern"], value):
+            if "pattern" in schema and not go_search(schema["pattern"], value):
                 errors.append(f"{path}: pattern")
             if len(value) > schema.get("maxLength", 1 << 30) or len(value) < schema.get("minLength", 0):
                 errors.append(f"{path}: length")
@@ -126,7 +155,7 @@ class ApiServer:
                 if old is _ABSENT:
                     continue  # a transition rule: only on update, and only where the old value exists
                 activation["oldSelf"] = celpy.json_to_cel(old)
-            program = self.cel.program(self.cel.compile(rule["rule"]))
+            program = self.cel.program(self.cel.compile(rule["rule"]), functions=K8S_FUNCTIONS)
             result = program.evaluate(activation)
             if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
                 errors.append(f"{path}: {rule['message']}")
@@ -198,3 +227,25 @@ def test_spec_cancel_and_metadata_can_change(api_server):
     new["metadata"]["labels"] = {"team": "x"}
     assert api_server.update(old, old) == []
     assert api_server.update(old, new) == []
+
+
+@pytest.mark.parametrize("name", sorted(SAME_MESSAGE))
+def test_the_api_server_and_the_models_refuse_with_the_same_words(api_server, name):
+    from expbuild_isolation.worker.local import InvalidTask, parse_task
+
+    manifest, _ = BAD[name]
+    words = SAME_MESSAGE[name]
+    assert any(words in error for error in api_server.admit(manifest)), api_server.admit(manifest)
+    with pytest.raises(InvalidTask, match=re.escape(words)):
+        parse_task(manifest)
+
+
+@pytest.mark.parametrize("timeout", ["7d", "168h", "604800s", "6d23h59m59.999999999s", "1d", "90s", "250ms", "45",
+                                     "0000604800", "1.5h", "604800000ms", "10080m"])
+def test_the_timeout_rule_admits_what_the_model_admits(api_server, timeout):
+    from expbuild_isolation.worker.local import parse_task
+
+    manifest = copy.deepcopy(GOOD["minimal"])
+    manifest["spec"]["timeout"] = timeout
+    assert parse_task(manifest).spec.timeout_seconds <= 7 * 86400
+    assert api_server.admit(manifest) == []

@@ -67,3 +67,15 @@ def test_exact_decimal_value_is_kept():
 def test_format_bytes_gives_the_shortest_exact_quantity(amount, text):
     assert format_bytes(amount) == text
     assert parse_bytes(text) == amount
+
+
+@pytest.mark.parametrize("text", ["1e999999999", "1e5000", "999999Ei", "1e30"])
+def test_absurd_quantities_are_refused_quickly_not_computed(text):
+    with pytest.raises(QuantityError, match="larger than any size"):
+        parse_bytes(text)
+
+
+@pytest.mark.parametrize("text", ["30m1h", "1s1s", "1h 30m", "5µs", "d", "1.d"])
+def test_durations_list_each_unit_once_largest_first(text):
+    with pytest.raises(QuantityError, match="not a duration"):
+        parse_duration(text)

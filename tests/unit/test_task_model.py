@@ -70,3 +70,11 @@ def test_status_round_trips_through_camel_case():
     parsed = ExecutionTask.model_validate(obj)
     dumped = parsed.model_dump(by_alias=True, exclude_none=True, mode="json")
     assert dumped["status"]["exitCode"] == 0 and dumped["status"]["isolationLevel"] == "Container"
+
+
+def test_a_key_holding_a_newline_is_quoted_so_the_error_stays_one_line():
+    """Found by the fuzzer (tests/fuzz): an unknown key's raw newline split the one-line error."""
+    manifest = task(network={"policy": "None", "bad\nkey": 1})
+    with pytest.raises(InvalidTask) as caught:
+        parse_task(manifest)
+    assert "\n" not in str(caught.value) and "spec.network['bad\\nkey']: unknown field" in str(caught.value)

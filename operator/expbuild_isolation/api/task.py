@@ -17,10 +17,12 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .quantities import QuantityError, parse_bytes, parse_cpu, parse_duration
+from . import bounds
+from .messages import shown
+from .quantities import DURATION_PATTERN, QuantityError, parse_bytes, parse_cpu, parse_duration, parse_quantity
 
 GROUP = "expbuild.io"
 VERSION = "v1alpha1"
@@ -28,8 +30,12 @@ KIND = "ExecutionTask"
 PLURAL = "executiontasks"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE]\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h|d))+$|^[0-9]+$"
+NO_NUL = r"^[^\x00]*$"   # in the CRD; the models say it in words
+# An image reference as Docker, Podman and the kubelet parse it: [registry[:port]/]path[:tag][@digest]; or empty.
+_DOMAIN = r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?"
+_PATH = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (rf"^$|^({_DOMAIN}/)?{_PATH}(/{_PATH})*(:[A-Za-z0-9_][-.A-Za-z0-9_]{{0,127}})?"
+                 rf"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$")
 PATH_RULES = [
     {"rule": "!self.startsWith('/')", "message": "must be a relative path inside the workspace"},
     {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "must not contain '..'"},
@@ -43,9 +49,13 @@ class Model(BaseModel):
                               use_enum_values=False, validate_default=True)
 
 
-def _quantity_schema(description: str) -> dict[str, Any]:
-    return {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
-            "x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "description": description}
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("contains a NUL byte, which a program's arguments and environment cannot carry")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": NO_NUL})]
 
 
 Quantity = Annotated[str | int, Field(json_schema_extra=None)]
@@ -54,17 +64,17 @@ Quantity = Annotated[str | int, Field(json_schema_extra=None)]
 def workspace_path(value: str, *, field: str, allow_root: bool = False) -> str:
     """Normalize a path relative to the workspace, refusing anything that could leave it."""
     if not isinstance(value, str):
-        raise ValueError(f"{field}: {value!r} is not a path")
+        raise ValueError(f"{field}: {shown(value)} is not a path")
     if value.startswith("/"):
-        raise ValueError(f"{field}: {value!r} is absolute; paths are relative to the workspace "
-                         f"(e.g. {value.lstrip('/') or 'out'!r})")
+        raise ValueError(f"{field}: {shown(value)} is absolute; paths are relative to the workspace "
+                         f"(e.g. {shown(value.lstrip('/') or 'out')})")
     if re.search(r"(^|/)\.\.(/|$)", value):
-        raise ValueError(f"{field}: {value!r} contains '..'; paths must stay inside the workspace")
+        raise ValueError(f"{field}: {shown(value)} contains '..'; paths must stay inside the workspace")
     if "\0" in value:
-        raise ValueError(f"{field}: {value!r} contains a NUL byte")
+        raise ValueError(f"{field}: {shown(value)} contains a NUL byte")
     normal = posixpath.normpath(value) if value else "."
     if normal == "." and not allow_root:
-        raise ValueError(f"{field}: {value!r} names the workspace itself; name a file or directory in it")
+        raise ValueError(f"{field}: {shown(value)} names the workspace itself; name a file or directory in it")
     return normal
 
 
@@ -126,7 +136,7 @@ ExecutorName = Literal["auto", "job", "agent", "docker", "podman", "namespace", 
 class EnvVar(Model):
     name: str = Field(description="Variable name.", min_length=1, max_length=256,
                       pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str = Field("", description="Value; empty when omitted.", max_length=65536)
+    value: Text = Field("", description="Value; empty when omitted.", max_length=65536)
 
 
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -158,12 +168,18 @@ class ConfigMapRef(Model):
         return value
 
 
+# paths that name the workspace itself ("", ".", "./", "./."): fine for a ConfigMap's directory, not for a file
+WORKSPACE_ITSELF = r"^([.](/+|$))*$"
+CONTENT_NEEDS_A_NAME = "a content input needs a file name as its path, not the workspace itself"
+
+
 class InputFile(Model):
     """A file (inline content) or a directory (every key of a ConfigMap) placed before start."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "has(self.content) != has(self.configMap)",
-         "message": "each input needs exactly one of content or configMap"}]})
+         "message": "each input needs exactly one of content or configMap"},
+        {"rule": f"!has(self.content) || !self.path.matches('{WORKSPACE_ITSELF}')", "message": CONTENT_NEEDS_A_NAME}]})
 
     path: str = Field(description="Where in the workspace: a file for content, a directory for configMap.",
                       max_length=1024, json_schema_extra={"x-kubernetes-validations": PATH_RULES})
@@ -179,7 +195,9 @@ class InputFile(Model):
     @model_validator(mode="after")
     def _one_source(self) -> InputFile:
         if (self.content is None) == (self.config_map is None):
-            raise ValueError(f"spec.inputs[{self.path!r}]: each input needs exactly one of content or configMap")
+            raise ValueError(f"spec.inputs[{shown(self.path)}]: each input needs exactly one of content or configMap")
+        if self.content is not None and self.path == ".":
+            raise ValueError(f"spec.inputs[{shown(self.path)}].path: {CONTENT_NEEDS_A_NAME}")
         return self
 
 
@@ -196,27 +214,29 @@ class Outputs(Model):
 
 class Resources(Model):
     cpu: str | int | None = Field(None, description='CPU cores, as a Kubernetes quantity ("500m", "2").',
-                                  json_schema_extra=_quantity_schema('CPU cores, as a Kubernetes quantity ("500m", "2").'))
+                                  json_schema_extra=bounds.quantity_schema('CPU cores, as a Kubernetes quantity ("500m", "2").',
+                                                                     bounds.CPU))
     memory: str | int | None = Field(None, description='Memory limit, swap included ("512Mi", "2Gi").',
-                                     json_schema_extra=_quantity_schema('Memory limit, swap included ("512Mi", "2Gi").'))
+                                     json_schema_extra=bounds.quantity_schema('Memory limit, swap included ("512Mi", "2Gi").',
+                                                                        bounds.MEMORY))
     disk: str | int | None = Field(None, description='Space for the workspace and /tmp ("1Gi").',
-                                   json_schema_extra=_quantity_schema('Space for the workspace and /tmp ("1Gi").'))
-    pids: int | None = Field(None, ge=1, le=4194304, description="Most processes and threads at once (stops fork bombs).")
+                                   json_schema_extra=bounds.quantity_schema('Space for the workspace and /tmp ("1Gi").',
+                                                                      bounds.DISK))
+    pids: int | None = Field(None, ge=1, le=bounds.MAX_PIDS,
+                             description="Most processes and threads at once (stops fork bombs).")
 
-    @field_validator("cpu")
+    @field_validator("cpu", "memory", "disk")
     @classmethod
-    def _cpu(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            _quantity(parse_cpu, value, "spec.resources.cpu")
-        return value
-
-    @field_validator("memory", "disk")
-    @classmethod
-    def _bytes(cls, value: str | int | None, info: Any) -> str | int | None:
-        if value is not None:
-            amount = _quantity(parse_bytes, value, f"spec.resources.{info.field_name}")
-            if amount == 0:
-                raise ValueError(f"spec.resources.{info.field_name}: {value!r} must be more than 0")
+    def _within_bounds(cls, value: str | int | None, info: Any) -> str | int | None:
+        if value is None:
+            return value
+        field = f"spec.resources.{info.field_name}"
+        if isinstance(value, str) and len(value) > bounds.QUANTITY_MAX_LENGTH:
+            raise ValueError(f"{field}: {shown(value)} is longer than {bounds.QUANTITY_MAX_LENGTH} characters")
+        amount = _quantity(parse_quantity, value, field)
+        bound = {"cpu": bounds.CPU, "memory": bounds.MEMORY, "disk": bounds.DISK}[info.field_name]
+        if not bound.check(amount):
+            raise bounds.out_of_range(field, shown(value), bound.message)
         return value
 
     @property
@@ -261,7 +281,7 @@ class Network(Model):
         for entry in values:
             match = ALLOW_ENTRY.match(entry)
             if not match or (match.group("port") and not 0 < int(match.group("port")) < 65536):
-                raise ValueError(f"spec.network.allow: {entry!r} is not CIDR[:port] or hostname[:port] "
+                raise ValueError(f"spec.network.allow: {shown(entry)} is not CIDR[:port] or hostname[:port] "
                                  f"(e.g. \"10.20.0.0/16:443\")")
         return values
 
@@ -317,10 +337,10 @@ class Isolation(Model):
 
 class ExecutionTaskSpec(Model):
     image: str = Field("", max_length=1024, description="Container image; ignored by the host and namespace "
-                       "executors unless they unpack images.")
+                       "executors unless they unpack images.", json_schema_extra={"pattern": IMAGE_PATTERN})
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="When to pull the image (IfNotPresent keeps pre-loaded images working).")
-    command: list[Annotated[str, Field(max_length=131072)]] = Field(
+    command: list[Annotated[Text, Field(max_length=131072)]] = Field(
         min_length=1, max_length=4096, description="argv; the first element is the program (REAPI Command.arguments).")
     env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Environment; nothing of the "
                               "executor's environment leaks in except PATH and HOME defaults.")
@@ -330,12 +350,23 @@ class ExecutionTaskSpec(Model):
     inputs: list[InputFile] = Field(default_factory=list, max_length=256, description="Files placed in the "
                                     "workspace before start.")
     outputs: Outputs = Field(default_factory=Outputs, description="Files collected after exit.")
-    timeout: str = Field("10m", max_length=64, pattern=DURATION_PATTERN,
-                         description='Hard wall-clock limit ("90s", "10m"); the task ends TimedOut with exit 124.')
+    timeout: str = Field("10m", min_length=1, max_length=64, pattern=DURATION_PATTERN,
+                         description='Hard wall-clock limit ("90s", "10m", "1h30m"; at most 7d); the task ends TimedOut '
+                         'with exit 124.',
+                         json_schema_extra={"x-kubernetes-validations": [
+                             {"rule": bounds.timeout_cel_rule(), "message": bounds.TIMEOUT_MESSAGE}]})
     resources: Resources = Field(default_factory=Resources, description="Resource limits; requests equal limits.")
     network: Network = Field(default_factory=Network, description="What the command may reach over the network.")
     isolation: Isolation = Field(default_factory=Isolation, description="How strongly the task is kept from the host.")
     cancel: bool = Field(False, description="Set to true to stop the task; it ends Cancelled.")
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not re.fullmatch(IMAGE_PATTERN, value):
+            raise ValueError(f"spec.image: {shown(value)} is not an image reference (e.g. \"localhost/busybox:latest\": "
+                             f"a lowercase repository, then :tag and/or @sha256:digest)")
+        return value
 
     @field_validator("working_dir")
     @classmethod
@@ -346,8 +377,13 @@ class ExecutionTaskSpec(Model):
     @classmethod
     def _timeout(cls, value: Any) -> str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not 0 < value <= bounds.MAX_TIMEOUT_SECONDS:   # also nan and inf
+                raise bounds.out_of_range("spec.timeout", shown(value), bounds.TIMEOUT_MESSAGE)
             value = f"{value}s" if float(value).is_integer() is False else f"{int(value)}s"
-        _quantity(parse_duration, value, "spec.timeout")
+        if isinstance(value, str):
+            if len(value) > 64:
+                raise ValueError(f"spec.timeout: {shown(value)} is longer than 64 characters")
+            bounds.check_timeout(value, "spec.timeout", shown(value))
         return value
 
     @field_validator("env")
@@ -356,7 +392,7 @@ class ExecutionTaskSpec(Model):
         seen: set[str] = set()
         for var in values:
             if var.name in seen:
-                raise ValueError(f"spec.env: {var.name!r} is set twice")
+                raise ValueError(f"spec.env: {shown(var.name)} is set twice")
             seen.add(var.name)
         return values
 

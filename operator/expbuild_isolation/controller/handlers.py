@@ -51,6 +51,7 @@ from ..kube.leases import (
 )
 from ..kube.names import MANAGED_BY, TASK_LABEL, TASK_NAME_ANNOTATION, object_name
 from ..kube.status import parse_time, status_from, timestamp
+from ..worker.local import describe_task_error
 from .cluster import ApiError, Cluster, NotOwned, refused_for_good
 
 EXECUTOR = "job"
@@ -152,6 +153,14 @@ def _retry_later(state: OperatorState, namespace: str, name: str) -> None:
 
     context = state.handler_context or contextvars.copy_context()
     state.retries[key] = asyncio.get_running_loop().create_task(again(), context=context.copy())
+
+
+def readable(body: dict[str, Any]) -> ExecutionTask | None:
+    """The task in ``body``, or None when the models refuse it (a handler failing on it would be retried for ever)."""
+    try:
+        return ExecutionTask.model_validate(body)
+    except ValidationError:
+        return None
 
 
 async def start(state: OperatorState, body: dict[str, Any]) -> None:
@@ -389,9 +398,9 @@ async def reconcile(state: OperatorState, namespace: str, name: str) -> None:
 
 async def _reconcile(state: OperatorState, namespace: str, name: str) -> None:
     body = await state.api.get_task(namespace, name)
-    if body is None:
+    task = readable(body) if body is not None else None
+    if body is None or task is None:
         return
-    task = ExecutionTask.model_validate(body)
     if (task.status.phase.finished or task.status.phase is Phase.PENDING or task.spec.cancel
             or task.spec.isolation.executor not in render.JOB_EXECUTORS or NODE_LABEL in task.metadata.labels):
         return
@@ -414,10 +423,8 @@ async def agent_check(state: OperatorState, namespace: str, name: str) -> None:
     """A task placed on an agent whose Lease expired: AgentLost if claimed, else placed again."""
     async with state.lock(_key(namespace, name)):
         fresh = await state.api.get_task(namespace, name)
-        if fresh is None:
-            return
-        task = ExecutionTask.model_validate(fresh)
-        if NODE_LABEL not in task.metadata.labels:
+        task = readable(fresh) if fresh is not None else None
+        if fresh is None or task is None or NODE_LABEL not in task.metadata.labels:
             return
         node = task.status.node or task.metadata.labels.get(NODE_LABEL, "")
         if task.status.phase.finished or task.spec.cancel:
@@ -513,9 +520,9 @@ async def cancel(state: OperatorState, namespace: str, name: str) -> None:
     """spec.cancel was set on an unfinished task: stop it (its Job, or the agent's run) and end it Cancelled."""
     async with state.lock(_key(namespace, name)):
         fresh = await state.api.get_task(namespace, name)
-        if fresh is None:
+        task = readable(fresh) if fresh is not None else None
+        if fresh is None or task is None:
             return
-        task = ExecutionTask.model_validate(fresh)
         if not task.status.phase.finished and task.spec.cancel:
             await _cancel(state, task, fresh, "cancelled by spec.cancel")
 
@@ -525,7 +532,6 @@ async def _invalid(state: OperatorState, body: dict[str, Any], exc: ValidationEr
     meta = body.get("metadata") or {}
     if not meta.get("namespace") or not meta.get("name"):
         return
-    from ..worker.local import describe_task_error
     message = f"not a valid ExecutionTask: {describe_task_error(exc)}"[:1024]
     patch = {"phase": Phase.ERROR.value, "reason": "InvalidTask", "message": message,
              "completionTime": timestamp(now())}
@@ -536,7 +542,9 @@ async def _invalid(state: OperatorState, body: dict[str, Any], exc: ValidationEr
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A task deleted while a node agent has it: end it Cancelled, so the agent stops its processes."""
     state: OperatorState = memo.state
-    task = ExecutionTask.model_validate(dict(body))
+    task = readable(dict(body))
+    if task is None:
+        return  # nothing of it can be running: let the finalizer go
     async with state.lock(task.key):
         if not task.status.phase.finished:
             await _cancel(state, task, dict(body), "the task was deleted")

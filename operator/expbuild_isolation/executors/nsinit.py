@@ -244,8 +244,9 @@ def _spare(prep: Prepared, slot: int, tasks: socket.socket, cgroup_fds: list[int
     rest of its PID namespace) the cgroup is empty and can go, while the waiter still exits.
     """
     trace("s.start", slot)
-    # The zygote dies with the worker (PDEATHSIG); the waiter with the zygote, and pid 1 with the waiter, so
-    # no sandbox outlives a killed worker. (PDEATHSIG is not inherited across fork: each sets its own.)
+    # The zygote ends with the worker (its control socket closes); the waiter dies with the zygote
+    # (PDEATHSIG: the zygote is single-threaded), and pid 1 with the waiter, so no sandbox outlives a killed
+    # worker. (PDEATHSIG is not inherited across fork: each sets its own.)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:
         os._exit(0)   # the zygote died before the line above
@@ -337,7 +338,9 @@ def serve(control: socket.socket) -> None:
     the cgroup.procs files to join, opened for writing. The worker later sends the task's LaunchSpec
     with its stdout, stderr and status pipes straight down that socket; closing it discards the spare.
     """
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # No PDEATHSIG here: it fires when the *thread* that started us ends (the worker starts the zygote from
+    # whichever thread needs it first). The zygote ends when the worker process does: the control socket then
+    # reads EOF below; its waiters, and through them every sandbox, follow it (``_spare``).
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # spares are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.makedirs(sandbox_root.ROOT_MOUNTPOINT, exist_ok=True)

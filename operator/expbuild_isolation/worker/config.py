@@ -7,6 +7,7 @@ A bad file gives one error naming the file and the key, e.g.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import tomllib
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..api.messages import shown
 from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
+from .task_limits import TaskLimits
 
 BackendName = Literal["host", "namespace", "docker", "podman"]
 DEFAULT_CHAIN: tuple[BackendName, ...] = ("docker", "podman", "namespace", "host")
@@ -72,19 +75,37 @@ class WorkerConfig(BaseModel):
     isolation_minimum: Literal["None", "Process", "Filesystem", "Container", "VM"] = "None"
     platform: PlatformConfig = Field(default_factory=PlatformConfig)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    task_limits: TaskLimits = Field(default_factory=TaskLimits)
+
+
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def load_worker_config(path: str | Path) -> WorkerConfig:
-    """Read and validate a worker TOML file; ConfigError names the file and the key."""
+    """Read and validate a worker TOML file; ConfigError names the file and the key.
+
+    TOML refuses repeated keys itself; the file size is bounded before it is read, and nesting deep
+    enough to exhaust tomllib's recursion is refused in one line.
+    """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes (the most a worker file may be)")
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a worker file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     return parse_worker_config(raw, source=str(path))
 
 
@@ -93,6 +114,17 @@ def parse_worker_config(raw: dict, *, source: str = "<config>") -> WorkerConfig:
         return WorkerConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def _key_part(part: object) -> str:
+    """One step of a key's path: a name as written, an index as [3], anything else quoted and short
+    (a key a user wrote may hold a newline; the error stays one line)."""
+    text = str(part)
+    if isinstance(part, int) or text.isdigit():
+        return f"[{text}]"
+    if re.fullmatch(r"[A-Za-z_][-A-Za-z0-9_.]*", text) and len(text) <= 64:
+        return text
+    return f"[{shown(text, 30)}]"
 
 
 def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown key",
@@ -104,8 +136,8 @@ def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown k
     """
     lines = []
     for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "union["))]
-        key = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+        loc = [p for p in error["loc"] if not str(p).startswith(("function-", "union["))]
+        key = ".".join(_key_part(p) for p in loc).replace(".[", "[") or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if self_named and message.startswith(self_named):
             lines.append(message)
@@ -114,5 +146,5 @@ def describe_validation_error(exc: ValidationError, *, unknown: str = "unknown k
         elif error["type"] == "missing":
             lines.append(f"{key}: required")
         else:
-            lines.append(f"{key}: {message} (got {error.get('input')!r})")
+            lines.append(f"{key}: {message} (got {shown(error.get('input'))})")
     return "; ".join(dict.fromkeys(lines))

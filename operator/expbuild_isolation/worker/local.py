@@ -8,15 +8,17 @@ Kubernetes; a ConfigMap input is read from ``<name>.yaml`` next to the task
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from ..api.messages import shown
 from ..api.task import ExecutionTask, ExecutionTaskStatus, IsolationLevel, LogTails, OutputRecord, Phase, TaskStats
 from ..executors.base import (
     ExecutionRequest, ExecutionResult, ExecutorUnavailable, IsolationUnavailable, NetworkPolicy, ResourceLimits,
@@ -24,8 +26,11 @@ from ..executors.base import (
 )
 from ..executors.select import select_executor
 from ..executors.workspace import InputBlob, WorkspaceError, create_workspace, place_inputs, remove_workspace
+from .bounded_yaml import BadYaml, load_documents
 from .config import WorkerConfig, describe_validation_error
 from .config_maps import ConfigMapError, ConfigMapLookup, blobs_of, read_beside
+from .task_limits import REASON as LIMIT_TOO_LARGE
+from .task_limits import over_caps
 
 LOG_TAIL_CHARS = 2048
 
@@ -35,16 +40,18 @@ class InvalidTask(Exception):
 
 
 def load_task(path: str | Path) -> ExecutionTask:
-    """Read and validate one ExecutionTask manifest."""
+    """Read and validate one ExecutionTask manifest (bounded: see ``bounded_yaml``)."""
     path = Path(path)
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [d for d in load_documents(path) if d is not None]
     except FileNotFoundError:
         raise InvalidTask(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidTask(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidTask(f"{path}: not valid YAML: {exc}") from None
+    except IsADirectoryError:
+        raise InvalidTask(f"{path}: is a directory, not a manifest file") from None
+    except OSError as exc:
+        raise InvalidTask(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except BadYaml as exc:
+        raise InvalidTask(str(exc)) from None
     tasks = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ExecutionTask"]
     if len(tasks) != 1:
         raise InvalidTask(f"{path}: expected one ExecutionTask, found {len(tasks)}")
@@ -80,6 +87,36 @@ def input_blobs(task: ExecutionTask, config_maps: ConfigMapLookup) -> list[Input
         except ConfigMapError as exc:
             raise InvalidTask(f"spec.inputs[{item.path!r}].configMap: {exc}") from None
     return blobs
+
+
+def prepare_working_dir(workspace: Path, working_dir: str) -> None:
+    """Create ``spec.workingDir`` in the workspace before any backend runs, so every backend (host,
+    namespace, Docker, Podman) starts in it as the Job path's init container does; refuse an input
+    file in its way. Walked one component at a time without following a symlink."""
+    parts = [p for p in working_dir.split("/") if p not in ("", ".")]
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                blocking = "/".join(parts[:index + 1])
+                raise InvalidTask(f"spec.workingDir: {shown(working_dir)} runs through {blocking!r}, which is an "
+                                  f"input file, not a directory") from None
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+def _in_workspace(exc: OSError, workspace: Path) -> str:
+    """An OSError about a workspace path, told with the path relative to the workspace (no host paths)."""
+    name = os.path.relpath(exc.filename, workspace) if isinstance(exc.filename, str) else ""
+    return f"{exc.strerror or exc.__class__.__name__}{': ' + repr(name) if name else ''}"
 
 
 def request_for(task: ExecutionTask, workspace: Path, *, log_limit_bytes: int | None = None,
@@ -159,6 +196,9 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
     this host's name; the node agent passes its Kubernetes node name).
     """
     node = node or socket.gethostname()
+    too_large = over_caps(task.spec, config.task_limits)
+    if too_large:
+        return error_status(LIMIT_TOO_LARGE, "; ".join(too_large), node=node)
     try:
         blobs = input_blobs(task, config_maps or read_beside(base_dir))
     except InvalidTask as exc:
@@ -171,8 +211,14 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
     try:
         try:
             place_inputs(workspace, blobs)
-        except (WorkspaceError, OSError) as exc:
+        except WorkspaceError as exc:
             return error_status("InvalidTask", f"spec.inputs: {exc}", node=node)
+        except OSError as exc:   # e.g. one input's path runs through another input's file
+            return error_status("InvalidTask", f"spec.inputs: {_in_workspace(exc, workspace)}", node=node)
+        try:
+            prepare_working_dir(workspace, task.spec.working_dir)
+        except InvalidTask as exc:
+            return error_status("InvalidTask", str(exc), node=node)
         request = request_for(task, workspace, floor=floor)
         try:
             executor = await select_executor(chain, request)

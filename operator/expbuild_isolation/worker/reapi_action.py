@@ -28,7 +28,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.quantities import QuantityError, parse_bytes, parse_cpu
+from ..api import bounds
+from ..api.messages import shown
+from ..api.quantities import QuantityError, parse_bytes, parse_cpu, parse_quantity
 from ..api.task import IsolationLevel, NetworkMode
 from ..executors.base import ExecutionRequest, NetworkPolicy, ResourceLimits
 from .reapi_protos import re_pb2
@@ -61,6 +63,7 @@ def plan_action(action: re_pb2.Action, command: re_pb2.Command, workspace: Path,
     """Map one REAPI action to a request; raises InvalidAction naming what is wrong."""
     if not command.arguments:
         raise InvalidAction("Command.arguments is empty")
+    _no_nul(command)
     working_dir = _relative(command.working_directory, "Command.working_directory", allow_root=True)
     properties = _properties(command, action)
     limits, image, executor, minimum, seccomp = _options(properties, floor)
@@ -103,13 +106,15 @@ def _options(properties: dict[str, str], floor: IsolationLevel):  # type: ignore
         try:
             return parse(properties[name])
         except (QuantityError, ValueError) as exc:
-            raise InvalidAction(f"platform property {name}={properties[name]!r}: {exc}") from None
+            raise InvalidAction(f"platform property {name}={shown(properties[name])}: {exc}") from None
 
     network_name = (properties.get("network") or properties.get("dockerNetwork") or "none").lower()
     if network_name not in _NETWORKS:
         raise InvalidAction(f"platform property network={network_name!r}: expected one of none, localhost, full")
-    limits = ResourceLimits(cpu_cores=parsed("cpu", parse_cpu), memory_bytes=parsed("memory", parse_bytes),
-                            disk_bytes=parsed("disk", parse_bytes), max_processes=parsed("pids", _positive_int),
+    limits = ResourceLimits(cpu_cores=parsed("cpu", _bounded(bounds.CPU, parse_cpu)),
+                            memory_bytes=parsed("memory", _bounded(bounds.MEMORY, parse_bytes)),
+                            disk_bytes=parsed("disk", _bounded(bounds.DISK, parse_bytes)),
+                            max_processes=parsed("pids", _positive_int),
                             network=NetworkPolicy(_NETWORKS[network_name]))
     executor = properties.get("executor", "auto") or "auto"
     if executor not in EXECUTORS:
@@ -125,10 +130,30 @@ def _options(properties: dict[str, str], floor: IsolationLevel):  # type: ignore
     return limits, image, executor, minimum, seccomp
 
 
+def _no_nul(command: re_pb2.Command) -> None:
+    """A NUL cannot be passed to a program; refused here rather than as a traceback from an executor."""
+    for index, argument in enumerate(command.arguments):
+        if "\0" in argument:
+            raise InvalidAction(f"Command.arguments[{index}]: contains a NUL byte")
+    for variable in command.environment_variables:
+        if "\0" in variable.name or "\0" in variable.value or "=" in variable.name or not variable.name:
+            raise InvalidAction(f"Command.environment_variables: {shown(variable.name)} is not a valid name=value "
+                                f"(no NUL byte, no '=' in the name)")
+
+
+def _bounded(bound: bounds.QuantityBound, parse):  # type: ignore[no-untyped-def]
+    """A platform property parser that also applies the API's bound (the same message as for a task)."""
+    def parse_within(text: str):  # type: ignore[no-untyped-def]
+        if len(text) > 64 or not bound.check(parse_quantity(text)):
+            raise ValueError(bound.message)
+        return parse(text)
+    return parse_within
+
+
 def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be a positive integer")
+    number = int(value) if len(value) <= 8 else 0
+    if not 0 < number <= bounds.MAX_PIDS:
+        raise ValueError(f"must be a whole number from 1 to {bounds.MAX_PIDS}")
     return number
 
 
