@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,9 +113,6 @@ def test_run_survives_texts_built_to_hurt_the_parser(place, text):
 TRAVERSING = ["../canary", "../../canary", "..", "/etc/hostname", "./../canary", "sub/../../canary"]
 
 
-@pytest.mark.xfail(strict=True, reason="found by this fuzzer on this branch's base: a ConfigMap name is a path "
-                   "(../canary reads a file beside the task's directory). Fixed on main by the ConfigMap name "
-                   "rules and reader (worker/config_maps.py, issue #14's ConfigMap rows): drop this mark at merge")
 @FUZZ
 @given(name=st.sampled_from(TRAVERSING), host=st.just(True))
 def test_a_config_map_name_never_reaches_outside_the_task_directory(place, name, host):
