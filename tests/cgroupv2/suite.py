@@ -1,0 +1,31 @@
+"""What the cgroup v2 guest runs (``test_guest.py``), and why each part exercises v2 code.
+
+Software emulation makes every test 10-50x slower, so the guest runs the tests that reach the executors'
+cgroup code, not the whole suite. ``tests/isolation/matrix.py`` reads these lists to say in
+docs/capabilities.md which hierarchy each row was proven on.
+"""
+
+from __future__ import annotations
+
+NAMESPACE_V2 = [
+    "tests/cgroupv2/test_v2_limits.py",      # limits written before exec, read back from the kernel; memory.events
+    "tests/executors/test_namespace.py",     # create/limit/kill/stats/remove, the sweep, spares, 100 tasks
+]
+V1_ONLY = ["tests/executors/test_namespace.py::test_cgroup_v1_create_limit_kill_stats_remove"]
+ESCAPE_BACKENDS = ("namespace",)             # every attack of tests/isolation/test_escapes.py on these
+DOCKER_V2 = [   # the per-task parent cgroup's v2 stats (cpu.stat, memory.peak, memory.events) and its removal
+    "tests/executors/test_docker.py::test_hello_runs_as_nobody_in_the_workspace",
+    "tests/executors/test_docker.py::test_memory_past_the_limit_ends_in_oom_killed",
+    "tests/executors/test_docker.py::test_a_timeout_kills_the_task_and_leaves_no_container",
+]
+
+
+def escape_tests() -> list[str]:
+    """Every attack on ESCAPE_BACKENDS, read from the escape suite itself (a new attack is included)."""
+    from ..isolation.matrix import attacks   # matrix imports this module: import it only when needed
+    return [f"tests/isolation/test_escapes.py::{attack.test}[{backend}]"
+            for attack in attacks() for backend in ESCAPE_BACKENDS]
+
+
+def pytest_args() -> list[str]:
+    return ["-q", "-rfEs", *NAMESPACE_V2, *escape_tests(), *DOCKER_V2, *(f"--deselect={test}" for test in V1_ONLY)]
