@@ -138,7 +138,14 @@ def build_initramfs(kernel: Kernel, into: Path) -> Path:
     return image
 
 
+# Fresh file systems in the guest: a project below one of them would be hidden there.
+HIDDEN_IN_GUEST = ("/run", "/dev", "/proc", "/sys", "/var/lib/docker", "/var/lib/containerd")
+
+
 def write_job(results: Path, kernel: Kernel, pytest_args: list[str], *, project: Path, docker: bool) -> None:
+    hidden = [d for d in HIDDEN_IN_GUEST if project.resolve().is_relative_to(d)]
+    if hidden:
+        raise ValueError(f"project {project}: the guest mounts a fresh {hidden[0]}, so it cannot see a project there")
     job = results / "job"
     job.mkdir()
     env = {"PROJECT": str(project), "PYTHON": os.path.realpath(sys.executable), "DOCKER": "1" if docker else "0",

@@ -13,10 +13,10 @@ off() { sync; /bin/busybox poweroff -f; sleep 60; }
 trap off EXIT
 
 stamp init
+# /tmp stays the overlay's: the project may live there (a CI clone), and writes land in the guest's RAM anyway
 mkdir -p /dev/pts /dev/shm /lib/modules
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
-mount -t tmpfs -o mode=1777 tmp /tmp
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || { say "cannot mount cgroup2"; exit 1; }
 mount --bind "$KERNEL_MODULES" /lib/modules
 hostname expbuild-guest
