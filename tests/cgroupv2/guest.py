@@ -63,7 +63,10 @@ class GuestRun:
 
     def report(self) -> str:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
-        return (f"guest pytest exit code {self.exit_code}; wall {self.wall_seconds:.1f}s; guest uptime at {stages}\n"
+        lines = [line for line in self.output.splitlines() if line.strip()]
+        summary = lines[-1].strip("= ") if lines else "no pytest output"
+        return (f"guest pytest exit code {self.exit_code} ({summary}); wall {self.wall_seconds:.1f}s; "
+                f"guest uptime at {stages}\n"
                 f"--- pytest output (guest) ---\n{self.output[-20000:]}\n"
                 f"--- serial console (last lines) ---\n{self.console[-4000:]}")
 
