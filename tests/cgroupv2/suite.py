@@ -16,6 +16,7 @@ ESCAPES = "tests/isolation/test_escapes.py"
 
 NAMESPACE_V2 = [
     "tests/cgroupv2/test_v2_limits.py",      # limits written before exec, read back from the kernel; memory.events
+    "tests/cgroupv2/test_v2_cgroup_namespace.py",   # a worker in a pod's cgroup namespace (nsdelegate)
     "tests/executors/test_namespace.py",     # create/limit/kill/stats/remove, the sweep, spares, 100 tasks
 ]
 V1_ONLY = ["tests/executors/test_namespace.py::test_cgroup_v1_create_limit_kill_stats_remove"]
