@@ -230,9 +230,11 @@ On the development machine (cgroup v1 hybrid); reproduce with the command shown.
 ## Known gaps
 
 - cgroup v2 is proven in an emulated guest: Debian's 6.1 kernel, no systemd, the worker in the root cgroup.
-  Not proven there: a worker inside a cgroup namespace (an agent pod on a systemd v2 node, where cgroup2 is
-  mounted with `nsdelegate` and a process cannot join a cgroup outside its namespace, such as the namespace
-  executor's `/expbuild/...`); kernels before 5.19, which have no `memory.peak` (no peak memory on v2 there).
+  Kernels before 5.19 have no `memory.peak`: no peak memory on v2 there (not proven).
+- The namespace executor cannot run in a container's or pod's own cgroup namespace on a systemd cgroup v2
+  machine (cgroup2 mounted `nsdelegate`), so not in the node agent's pod there: its tasks cannot join
+  `/sys/fs/cgroup/<parent>/...`. It says so at its health check (`executors/cgroup_join.py`), so selection
+  moves on; nesting the tasks' cgroups under the agent's own would need the agent to move itself to a leaf.
 - The namespace executor needs root: there is no unprivileged user-namespace mode.
 - Docker and Podman: no disk limit, no Restricted network mode; a fork refused at the pids limit is not
   reported as `PidsLimit` (the task ends by its timeout or with a non-zero exit): on cgroup v1, and on v2 with
