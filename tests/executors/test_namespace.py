@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -45,11 +46,14 @@ def request(workspace: Path, script: str, **kw) -> ExecutionRequest:
 
 
 def our_cgroups(*, spares: bool = False) -> list[Path]:
-    """Task cgroups under PARENT; idle spares (launchers waiting for a task, named spare-*) only if asked."""
+    """This process's task cgroups under PARENT (their names end with its pid: another test run on the machine
+    has its own); idle spares (launchers waiting for a task, named spare-*) only if asked."""
     found = []
+    ours = f".{os.getpid()}"
     for base in [cgroups.CGROUP_ROOT / c for c in cgroups.V1_CONTROLLERS] + [cgroups.v2_root() or Path("/nonexistent")]:
         if (base / PARENT).is_dir():
-            found += [p for p in (base / PARENT).iterdir() if p.is_dir() and p.name.startswith("spare-") == spares]
+            found += [p for p in (base / PARENT).iterdir()
+                      if p.is_dir() and p.name.endswith(ours) and p.name.startswith("spare-") == spares]
     return found
 
 
@@ -57,14 +61,15 @@ def our_mounts() -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "expbuild-isolation" in line]
 
 
-@pytest.mark.parametrize("script, code, reason", [
-    ("exit 0", 0, TerminationReason.COMPLETED),
-    ("exit 3", 3, TerminationReason.NON_ZERO_EXIT),
-    ("/bin/sh -c '/bin/busybox kill -9 $$'", 137, TerminationReason.NON_ZERO_EXIT),  # pid 1 cannot kill itself
-    ("sleep 30", 124, TerminationReason.DEADLINE_EXCEEDED),
+@pytest.mark.parametrize("script, timeout, code, reason", [
+    ("exit 0", 20, 0, TerminationReason.COMPLETED),
+    ("exit 3", 20, 3, TerminationReason.NON_ZERO_EXIT),
+    ("/bin/sh -c '/bin/busybox kill -9 $$'", 20, 137, TerminationReason.NON_ZERO_EXIT),  # pid 1 cannot kill itself
+    ("sleep 30", 1, 124, TerminationReason.DEADLINE_EXCEEDED),
 ])
-async def test_exit_codes_map_to_reasons(executor, workspace, script, code, reason):
-    result = await executor.execute(request(workspace, script, timeout=1))
+async def test_exit_codes_map_to_reasons(executor, workspace, script, timeout, code, reason):
+    # Only the sleep needs a short timeout: under emulation (the cgroup v2 guest) a cold launcher takes >1 s.
+    result = await executor.execute(request(workspace, script, timeout=timeout))
     assert (result.exit_code, result.reason) == (code, reason), result
 
 
@@ -157,20 +162,27 @@ def test_restricted_network_is_not_offered(executor):
     assert NetworkMode.RESTRICTED not in executor.capabilities().network_policies
 
 
+CRASHED_WORKER = """
+import sys
+from expbuild_isolation.executors import cgroups
+group = cgroups.TaskCgroup.create("crashed", parent=sys.argv[1])
+for procs in group.procs_files:
+    procs.write_text(sys.argv[2])
+print(*group.dirs.values())
+"""
+
+
 def test_the_startup_sweep_removes_a_dead_workers_cgroups():
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    group = cgroups.TaskCgroup.create("crashed", parent=PARENT)
+    """A worker that died left a cgroup named after its pid, with a process inside; the next executor's sweep
+    kills the process and removes the cgroup. (A real dead process: cgroup v2 has no rename(2) to fake one.)"""
     stray = subprocess.Popen(["sleep", "60"])
-    for procs in group.procs_files:
-        procs.write_text(str(stray.pid))
-    renamed = {}
-    for key, directory in group.dirs.items():   # cgroupfs allows rename(2): pretend the dead process owned it
-        renamed[key] = directory.with_name(directory.name.rsplit(".", 1)[0] + f".{dead.pid}")
-        os.rename(directory, renamed[key])
+    worker = subprocess.run([sys.executable, "-c", CRASHED_WORKER, PARENT, str(stray.pid)],
+                            capture_output=True, text=True, check=True)
+    left = [Path(line) for line in worker.stdout.split()]
+    assert left and all(p.is_dir() for p in left) and stray.poll() is None
     NamespaceExecutor(NamespaceConfig(cgroup_parent=PARENT))
     assert stray.wait(timeout=5) == -9
-    assert not any(p.exists() for p in renamed.values())
+    assert not any(p.exists() for p in left)
 
 
 def _cgroup_lifecycle(version: int) -> None:
@@ -229,26 +241,51 @@ async def test_a_workspace_on_a_mount_made_after_the_spares_is_seen(executor, tm
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
-async def test_a_spare_cgroup_takes_the_tasks_name_and_limits(executor, workspace):
+def task_cgroups(token: str) -> dict[str, Path]:
+    """The cgroups of the process whose command line carries ``token``, as the kernel lists them in
+    /proc/<pid>/cgroup: controller -> directory on v1, "unified" -> directory on v2."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _cmdline_has(proc, token):
+            try:
+                lines = (proc / "cgroup").read_text().splitlines()
+            except OSError:
+                continue
+            found = {}
+            for line in lines:
+                _, controllers, path = line.split(":", 2)
+                if controllers:
+                    found.update({c: cgroups.CGROUP_ROOT / controllers / path.lstrip("/")
+                                  for c in controllers.split(",")})
+                elif cgroups.detect_version() == 2:
+                    found["unified"] = (cgroups.v2_root() or cgroups.CGROUP_ROOT) / path.lstrip("/")
+            return found
+    return {}
+
+
+async def test_a_spare_cgroup_takes_the_tasks_limits_and_on_v1_its_name(executor, workspace):
+    """A task taken by a warm spare runs in the spare's cgroup with its own limits. cgroup v1 then renames that
+    cgroup after the task; v2 cannot (only v1 hierarchies implement rename(2)), so it keeps its spare-N name."""
     await executor.warmup()
     assert our_cgroups(spares=True), "warmup made no spares"
+    v1 = cgroups.detect_version() == 1
+    token = f"named-{uuid.uuid4().hex[:8]}"
     limits = ResourceLimits(memory_bytes=96 << 20, max_processes=33)
-    run = asyncio.ensure_future(executor.execute(request(workspace, "sleep 0.5; cat /proc/self/cgroup",
-                                                         task_id="named-task", limits=limits)))
-    seen = {}
-    for _ in range(100):
+    run = asyncio.ensure_future(executor.execute(request(workspace, f"sleep 1; : {token}", task_id="named-task",
+                                                         limits=limits)))
+    seen: dict[str, Path] = {}
+    for _ in range(500):
         await asyncio.sleep(0.01)
-        named = [p for p in our_cgroups() if p.name.startswith("named-task-")]
-        if {p.parent.parent.name for p in named} >= {"pids", "memory"}:
-            seen = {p.parent.parent.name: p for p in named}
+        seen = task_cgroups(token)
+        if seen and (not v1 or all(p.name.startswith("named-task-") for p in seen.values() if PARENT in p.parts)):
             break
-    assert seen, "the task's cgroup never took its name"
-    assert (seen["pids"] / "pids.max").read_text().strip() == "33"
-    assert int((seen["memory"] / "memory.limit_in_bytes").read_text()) == 96 << 20
-    assert (seen["pids"] / "cgroup.procs").read_text().split(), "the task is not in the cgroup of its name"
+    assert seen, f"the task never ran: {run.done() and run.result()}"
+    memory, pids = (seen["memory"], seen["pids"]) if v1 else (seen["unified"], seen["unified"])
+    assert (pids / "pids.max").read_text().strip() == "33"
+    assert int((memory / ("memory.limit_in_bytes" if v1 else "memory.max")).read_text()) == 96 << 20
+    expected_name = "named-task-" if v1 else "spare-"
+    assert memory.name.startswith(expected_name) and pids.name.startswith(expected_name), seen
     result = await run
     assert result.exit_code == 0, result
-    assert b"pids:/\n" in result.stdout, result.stdout   # in its own cgroup namespace
     assert our_cgroups() == []
 
 
@@ -396,3 +433,27 @@ async def test_a_writable_directory_rootfs_gives_each_task_a_private_layer(tmp_p
     second = await run("/bin/busybox cat /planted; /bin/busybox cat /etc/motd")
     assert second.stdout == b"hello\n", second   # ... a later task sees none of it ...
     assert _tree(root) == before   # ... and the host directory is exactly as it was
+
+
+async def test_a_hundred_tasks_leave_no_cgroup_behind(executor):
+    """Completed, failed and timed-out tasks, four at a time: afterwards only the idle spares' cgroups remain,
+    by the directories in every hierarchy and, on v2, by the kernel's own count of descendants."""
+    await executor.warmup()
+    gate = asyncio.Semaphore(4)
+    limits = ResourceLimits(memory_bytes=64 << 20, max_processes=16, cpu_cores=0.5)
+
+    async def one(i: int):  # type: ignore[no-untyped-def]
+        script, timeout = ("sleep 30", 0.5) if i % 10 == 0 else (f"echo {i}; exit {i % 3}", 30)
+        async with gate:
+            ws = create_workspace()
+            try:
+                return await executor.execute(request(ws, script, timeout=timeout, limits=limits))
+            finally:
+                remove_workspace(ws)
+
+    results = await asyncio.gather(*(one(i) for i in range(100)))
+    assert [r.exit_code for r in results] == [124 if i % 10 == 0 else i % 3 for i in range(100)]
+    assert our_cgroups() == []
+    if cgroups.detect_version() == 2:
+        stat = (cgroups.v2_root() / PARENT / "cgroup.stat").read_text()
+        assert f"nr_descendants {len(our_cgroups(spares=True))}\n" in stat, stat

@@ -39,3 +39,11 @@ def test_only_container_backends_refuse_up_front_and_docker_has_no_disk_limit():
     caps = matrix.backend_capabilities()
     assert matrix.verdict("docker", disk, caps["docker"]).startswith("– refused up front")
     assert matrix.verdict("namespace", disk, caps["namespace"]) == "✔"
+
+
+def test_each_attack_row_says_which_cgroup_hierarchy_proved_it():
+    caps = matrix.backend_capabilities()
+    fork_bomb = next(a for a in matrix.attacks() if a.key == "fork_bomb")
+    assert matrix.proven_on(fork_bomb, caps) == "v1: namespace, docker, podman; v2: namespace"   # host: not run
+    for attack in matrix.attacks():
+        assert matrix.proven_on(attack, caps).startswith("v1: ") and "v2: namespace" in matrix.proven_on(attack, caps)

@@ -40,6 +40,7 @@ from ..api.task import IsolationLevel, NetworkMode
 from . import cgroups, linux, nsinit, seccomp
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationUnavailable, TerminationReason)
+from .cgroup_join import join_problem
 from .config import NamespaceConfig
 from .disk_limit import chown_tree, copy_back_and_remove, make_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
@@ -168,6 +169,9 @@ class NamespaceExecutor:
             cgroups.detect_version()
         except cgroups.CgroupError as exc:
             return f"needs root or unprivileged user namespaces and cgroups: {exc}"
+        problem = join_problem(self.cgroup_parent)
+        if problem:
+            return f"cannot place tasks in cgroups: {problem}"
         try:
             import pyseccomp  # noqa: F401
         except (ImportError, OSError) as exc:
