@@ -178,8 +178,9 @@ def test_the_default_agent_config_is_a_valid_worker_config() -> None:
 
 # --- one source of truth ---------------------------------------------------------------------------------------
 
-def test_the_chart_crd_file_is_a_byte_copy_of_crds() -> None:
-    assert (CHART / "files" / "executiontask.yaml").read_bytes() == (ROOT / "crds" / "executiontask.yaml").read_bytes()
+@pytest.mark.parametrize("crd", ["executiontask.yaml", "executionpolicy.yaml"])
+def test_the_chart_crd_file_is_a_byte_copy_of_crds(crd: str) -> None:
+    assert (CHART / "files" / crd).read_bytes() == (ROOT / "crds" / crd).read_bytes()
 
 
 @pytest.mark.parametrize("profile", ["expbuild-default.json", "expbuild-strict.json"])
@@ -194,9 +195,12 @@ def test_the_seccomp_configmap_carries_the_profiles_unchanged(defaults: list[dic
         assert text == (ROOT / "manifests" / "seccomp" / name).read_text()
 
 
-def test_the_rendered_crd_equals_crds_apart_from_helm_metadata(defaults: list[dict[str, Any]]) -> None:
-    rendered = one(defaults, "CustomResourceDefinition", "executiontasks.expbuild.io")
-    source = yaml.safe_load((ROOT / "crds" / "executiontask.yaml").read_text())
+@pytest.mark.parametrize("name, crd", [("executiontasks.expbuild.io", "executiontask.yaml"),
+                                       ("executionpolicies.expbuild.io", "executionpolicy.yaml")])
+def test_the_rendered_crd_equals_crds_apart_from_helm_metadata(defaults: list[dict[str, Any]], name: str,
+                                                               crd: str) -> None:
+    rendered = one(defaults, "CustomResourceDefinition", name)
+    source = yaml.safe_load((ROOT / "crds" / crd).read_text())
     meta = rendered["metadata"]
     assert meta["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert source["metadata"]["labels"].items() <= meta["labels"].items()
