@@ -1,20 +1,19 @@
 """The ExecutionPolicy model and CRD, and the pure judge: selection, the strictest combination, violations."""
 
-import copy
 import ipaddress
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from expbuild_isolation.api.crd import build_policy_crd, render_policy_crd_yaml
 from expbuild_isolation.api.judge import combine, judge, pinned, selecting
 from expbuild_isolation.api.policy import ExecutionPolicy
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
+from pydantic import ValidationError
 
 from .manifests import task as task_manifest
+from .policy_cases import VIOLATIONS
 from .test_crd import ApiServer, _walk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,42 +184,9 @@ def test_image_patterns_must_all_match():
 # --- judging one task: every knob names the field, the value and the policy ------------------------------------
 
 
-VIOLATIONS = [
-    ({"isolation": {"minimum": "Container"}}, {"isolation": {"minimum": "Process"}},
-     "spec.isolation.minimum", "'Process'", "at least Container"),
-    ({"isolation": {"executors": ["auto", "job"]}}, {"isolation": {"executor": "host", "minimum": "None"}},
-     "spec.isolation.executor", "'host'", "allowed: auto, job"),
-    ({"isolation": {"runtimeClasses": ["gvisor"]}}, {"isolation": {"runtimeClassName": "runc-gpu"}},
-     "spec.isolation.runtimeClassName", "'runc-gpu'", "allowed: gvisor"),
-    ({"isolation": {"seccompProfiles": ["expbuild-strict"]}}, {},
-     "spec.isolation.seccompProfile", "'RuntimeDefault'", "allowed: expbuild-strict"),
-    ({"maxResources": {"cpu": "2"}}, {"resources": {"cpu": "2500m"}}, "spec.resources.cpu", "'2500m'", "at most 2"),
-    ({"maxResources": {"memory": "1Gi"}}, {"resources": {"memory": "2Gi"}},
-     "spec.resources.memory", "'2Gi'", "at most 1Gi"),
-    ({"maxResources": {"memory": "1Gi"}}, {}, "spec.resources.memory", "unset (no limit)", "at most 1Gi"),
-    ({"maxResources": {"disk": "1Gi"}}, {"resources": {"disk": "5Gi"}}, "spec.resources.disk", "'5Gi'", "at most 1Gi"),
-    ({"maxResources": {"pids": 64}}, {"resources": {"pids": 65}}, "spec.resources.pids", "65", "at most 64"),
-    ({"maxResources": {"timeout": "5m"}}, {"timeout": "1h"}, "spec.timeout", "'1h'", "at most 5m"),
-    ({"maxResources": {"timeout": "5m"}}, {}, "spec.timeout", "'10m'", "at most 5m"),  # the default counts
-    ({"network": {"policies": ["None"]}}, {"network": {"policy": "Full"}}, "spec.network.policy", "'Full'",
-     "allowed: None"),
-    ({"network": {"restrictedCidrs": ["10.20.0.0/16"]}},
-     {"network": {"policy": "Restricted", "allow": ["10.20.1.0/24:443", "10.0.0.0/8:443"]}},
-     "spec.network.allow", "'10.0.0.0/8:443'", "inside one of 10.20.0.0/16"),
-    ({"network": {"restrictedCidrs": ["10.20.0.0/16"]}},
-     {"network": {"policy": "Restricted", "allow": ["example.com:443"]}},
-     "spec.network.allow", "'example.com:443'", "inside one of"),
-    ({"network": {"restrictedCidrs": ["fd00::/8"]}},
-     {"network": {"policy": "Restricted", "allow": ["10.1.2.3:80"]}}, "spec.network.allow", "'10.1.2.3:80'", "fd00"),
-    ({"images": {"allowed": ["registry.local/*"]}}, {"image": "docker.io/evil/miner:latest"},
-     "spec.image", "'docker.io/evil/miner:latest'", "allowed: registry.local/*"),
-    ({"images": {"requireDigest": True}}, {"image": "registry.local/gcc:13"},
-     "spec.image", "'registry.local/gcc:13'", "pinned by digest"),
-]
 
 
-@pytest.mark.parametrize("rules, spec, field, value, accepted", VIOLATIONS,
-                         ids=[f"{v[2]}-{i}" for i, v in enumerate(VIOLATIONS)])
+@pytest.mark.parametrize("rules, spec, field, value, accepted", VIOLATIONS.values(), ids=list(VIOLATIONS))
 def test_each_knob_refuses_naming_field_value_and_policy(rules, spec, field, value, accepted):
     verdict = judge(task(**spec), [policy("team-a", **rules)], {})
     assert [(v.field, v.value, v.policy) for v in verdict.violations] == [(field, value, "team-a")]

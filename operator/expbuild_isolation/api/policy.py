@@ -22,8 +22,16 @@ from pydantic import ConfigDict, Field, field_validator
 
 from .quantities import QuantityError, parse_bytes, parse_cpu, parse_duration
 from .task import (
-    API_VERSION, GROUP, QUANTITY_PATTERN, SECCOMP_PATTERN, VERSION, ExecutorName, IsolationLevel, Model,
-    NetworkMode, ObjectMeta,
+    API_VERSION,
+    GROUP,
+    QUANTITY_PATTERN,
+    SECCOMP_PATTERN,
+    VERSION,
+    ExecutorName,
+    IsolationLevel,
+    Model,
+    NetworkMode,
+    ObjectMeta,
 )
 
 POLICY_KIND = "ExecutionPolicy"
@@ -203,6 +211,19 @@ def image_pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(pattern).replace(r"\*", ".*") + "$")
 
 
-__all__ = ["BelowMinimum", "ExecutionPolicy", "ExecutionPolicySpec", "GROUP", "IMAGE_PATTERN", "ImageRules",
-           "IsolationRules", "NamespaceSelector", "NetworkRules", "POLICY_KIND", "POLICY_PLURAL", "ResourceCaps",
-           "VERSION", "image_pattern_regex"]
+__all__ = [
+    "GROUP",
+    "IMAGE_PATTERN",
+    "POLICY_KIND",
+    "POLICY_PLURAL",
+    "VERSION",
+    "BelowMinimum",
+    "ExecutionPolicy",
+    "ExecutionPolicySpec",
+    "ImageRules",
+    "IsolationRules",
+    "NamespaceSelector",
+    "NetworkRules",
+    "ResourceCaps",
+    "image_pattern_regex",
+]
