@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from expbuild_isolation.agent.admission import NodeCapacity
+
 from tests.controller.conftest import POLICIES, TASKS, eventually
 from tests.unit.policy_cases import VIOLATIONS
 

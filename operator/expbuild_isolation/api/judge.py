@@ -34,9 +34,10 @@ class Violation:
     value: str
     policy: str
     accepted: str
+    by: str = "ExecutionPolicy"  # what the policy is to a reader ("the worker config's" for a local [policy])
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.value} is not allowed by ExecutionPolicy {self.policy} ({self.accepted})"
+        return f"{self.field}: {self.value} is not allowed by {self.by} {self.policy} ({self.accepted})"
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class Judgement:
     floor: Bound[IsolationLevel] | None = None           # the raised isolation minimum, if a policy raised it
     quota: Bound[int] | None = None                      # most unfinished tasks in its namespace
     rules: Strictest = field(default_factory=Strictest)
+    by: str = "ExecutionPolicy"  # what a policy is to a reader of the messages
 
     @property
     def allowed(self) -> bool:
@@ -190,8 +192,7 @@ class Judgement:
         """The status message's note on a raised floor, or ""."""
         if self.floor is None:
             return ""
-        return (f"spec.isolation.minimum {asked.value} raised to {self.floor.value.value} by ExecutionPolicy "
-                f"{self.floor.policy}")
+        return f"spec.isolation.minimum {asked.value} raised to {self.floor.value.value} by {self.by} {self.floor.policy}"
 
 
 def selecting(policies: Iterable[ExecutionPolicy], namespace_labels: Mapping[str, str]) -> list[ExecutionPolicy]:

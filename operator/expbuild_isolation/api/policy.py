@@ -191,6 +191,24 @@ class ExecutionPolicySpec(Model):
                                              "start in creation order as others finish.")
 
 
+class LocalPolicy(Model):
+    """The worker file's ``[policy]``: the knobs of an ExecutionPolicy that mean something on one machine.
+
+    No namespace selector (it governs every task the worker runs) and no quota (``run`` runs one task).
+    Keys are snake_case there (``below_minimum``, ``max_resources``, ``restricted_cidrs``, ``require_digest``).
+    """
+
+    isolation: IsolationRules = Field(default_factory=IsolationRules)
+    max_resources: ResourceCaps = Field(default_factory=ResourceCaps)
+    network: NetworkRules = Field(default_factory=NetworkRules)
+    images: ImageRules = Field(default_factory=ImageRules)
+
+    def as_policy(self, name: str) -> ExecutionPolicy:
+        spec = ExecutionPolicySpec(isolation=self.isolation, max_resources=self.max_resources, network=self.network,
+                                   images=self.images)
+        return ExecutionPolicy(metadata=ObjectMeta(name=name), spec=spec)
+
+
 class ExecutionPolicy(Model):
     """An administrator's floors and caps for the tasks of the namespaces it selects."""
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..api.policy import LocalPolicy
 from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 
 BackendName = Literal["host", "namespace", "docker", "podman"]
@@ -72,6 +73,7 @@ class WorkerConfig(BaseModel):
     isolation_minimum: Literal["None", "Process", "Filesystem", "Container", "VM"] = "None"
     platform: PlatformConfig = Field(default_factory=PlatformConfig)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    policy: LocalPolicy | None = None  # [policy]: an ExecutionPolicy's knobs for every task (worker/policy.py)
 
 
 def load_worker_config(path: str | Path) -> WorkerConfig:

@@ -26,6 +26,7 @@ from ..executors.select import select_executor
 from ..executors.workspace import InputBlob, WorkspaceError, create_workspace, place_inputs, remove_workspace
 from .config import WorkerConfig, describe_validation_error
 from .config_maps import ConfigMapError, ConfigMapLookup, blobs_of, read_beside
+from .policy import local_judgement
 
 LOG_TAIL_CHARS = 2048
 
@@ -159,6 +160,11 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
     this host's name; the node agent passes its Kubernetes node name).
     """
     node = node or socket.gethostname()
+    verdict = local_judgement(task, config)
+    if verdict is not None and not verdict.allowed:
+        return error_status("PolicyViolation", verdict.refusal(), node=node)
+    if verdict is not None and verdict.floor is not None:
+        floor = verdict.floor.value if floor is None else max(floor, verdict.floor.value)
     try:
         blobs = input_blobs(task, config_maps or read_beside(base_dir))
     except InvalidTask as exc:
