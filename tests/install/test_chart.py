@@ -105,13 +105,15 @@ def test_foreign_kinds_have_the_shape_their_operators_expect(full: list[dict[str
 def test_defaults_render_the_operator_only(defaults: list[dict[str, Any]]) -> None:
     kinds = sorted({obj["kind"] for obj in defaults})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment",
-                     "Role", "RoleBinding", "Service", "ServiceAccount"]
+                     "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
     assert not find(defaults, "DaemonSet")
     assert [sa["metadata"]["name"] for sa in find(defaults, "ServiceAccount")] == [OPERATOR]
 
 
 def test_every_namespaced_object_lands_in_the_release_namespace() -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for obj in render_chart(FULL_OPTIONS | {"watchNamespaces": []}, namespace="build-infra"):
         if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == "build-infra", obj["metadata"]["name"]
@@ -472,7 +474,8 @@ def test_install_manifests_apply_in_order_and_validate() -> None:
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-        if obj["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                               "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert obj["metadata"]["namespace"] == namespace["metadata"]["name"]
     assert not [o for o in objects if o["kind"] == "DaemonSet"]
     deployment = next(o for o in objects if o["kind"] == "Deployment")

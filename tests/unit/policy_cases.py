@@ -45,3 +45,26 @@ VIOLATIONS = {
     "digest": ({"images": {"requireDigest": True}}, {"image": "registry.local/gcc:13"},
                "spec.image", "'registry.local/gcc:13'", "pinned by digest"),
 }
+
+# Tasks a policy allows: every enforcer lets these through (with the policy's floor, where it raises one).
+ALLOWED = {
+    "floor-above": ({"isolation": {"minimum": "Container"}}, {"isolation": {"minimum": "VM"}}),
+    "floor-raised": ({"isolation": {"minimum": "Container", "belowMinimum": "Raise"}},
+                     {"isolation": {"minimum": "None"}}),
+    "no-runtime-class": ({"isolation": {"runtimeClasses": ["gvisor"]}}, {}),  # none named: nothing to refuse
+    "listed": ({"isolation": {"executors": ["auto"], "seccompProfiles": ["RuntimeDefault"]}}, {}),
+    "at-the-caps": ({"maxResources": {"cpu": "2", "memory": "1Gi", "disk": "1Gi", "pids": 64, "timeout": "10m"}},
+                    {"resources": {"cpu": 2, "memory": "1024Mi", "disk": "1Gi", "pids": 64}}),
+    "below-the-caps": ({"maxResources": {"cpu": "2", "memory": "1Gi"}},
+                       {"resources": {"cpu": "500m", "memory": 1048576}, "timeout": "90s"}),
+    "timeout-in-days": ({"maxResources": {"timeout": "48h"}}, {"timeout": "1d"}),
+    "inside-the-cidrs": ({"network": {"restrictedCidrs": ["10.20.0.0/16", "fd00::/8"]}},
+                         {"network": {"policy": "Restricted",
+                                      "allow": ["10.20.3.4", "10.20.0.0/16:443", "10.20.1.5/24", "[fd00::1]:80",
+                                                "[fd00::]/64:443"]}}),
+    "cidrs-unused": ({"network": {"restrictedCidrs": ["10.20.0.0/16"]}}, {"network": {"policy": "None"}}),
+    "pinned-allowed-image": ({"images": {"allowed": ["registry.local/*"], "requireDigest": True}},
+                             {"image": f"registry.local/gcc@sha256:{DIGEST}"}),
+    "no-image": ({"images": {"allowed": ["registry.local/*"], "requireDigest": True}}, {}),  # nothing is pulled
+    "quota-only": ({"maxUnfinishedTasks": 1}, {}),
+}

@@ -13,7 +13,7 @@ from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
 from pydantic import ValidationError
 
 from .manifests import task as task_manifest
-from .policy_cases import VIOLATIONS
+from .policy_cases import ALLOWED, VIOLATIONS
 from .test_crd import ApiServer, _walk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,18 +195,7 @@ def test_each_knob_refuses_naming_field_value_and_policy(rules, spec, field, val
     assert judge(task(**spec), [policy("team-a")], {}).allowed  # the same task passes without the knob
 
 
-@pytest.mark.parametrize("rules, spec", [
-    ({"isolation": {"minimum": "Container"}}, {"isolation": {"minimum": "VM"}}),
-    ({"isolation": {"runtimeClasses": ["gvisor"]}}, {}),  # no RuntimeClass named: nothing to refuse
-    ({"maxResources": {"cpu": "2", "memory": "1Gi", "pids": 64}}, {"resources": {"cpu": 2, "memory": "1Gi",
-                                                                                 "pids": 64}}),
-    ({"network": {"restrictedCidrs": ["10.20.0.0/16", "fd00::/8"]}},
-     {"network": {"policy": "Restricted", "allow": ["10.20.3.4", "10.20.0.0/16:443", "[fd00::1]:80"]}}),
-    ({"network": {"restrictedCidrs": ["10.20.0.0/16"]}}, {"network": {"policy": "None"}}),
-    ({"images": {"allowed": ["registry.local/*"], "requireDigest": True}},
-     {"image": f"registry.local/gcc@sha256:{DIGEST}"}),
-    ({"images": {"allowed": ["registry.local/*"], "requireDigest": True}}, {}),  # no image: nothing is pulled
-])
+@pytest.mark.parametrize("rules, spec", ALLOWED.values(), ids=list(ALLOWED))
 def test_what_a_policy_allows_passes(rules, spec):
     assert judge(task(**spec), [policy(**rules)], {}).violations == ()
 

@@ -169,6 +169,7 @@ def build_policy_crd() -> dict[str, Any]:
                     "type": "object",
                     "description": "An administrator's floors and caps for the ExecutionTasks of the namespaces "
                                    "it selects.",
+                    "required": ["spec"],  # (the admission policy's CEL reads params.spec.*)
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
