@@ -131,7 +131,7 @@ def status_from_result(result: ExecutionResult, *, started: datetime, finished: 
     stats = result.stats
     return ExecutionTaskStatus(
         phase=phase, reason=reason, message=message, executor=result.executor,
-        isolation_level=result.isolation_level, node=node,
+        isolation_level=result.isolation_level, node=node, image_id=result.image_id or None,
         exit_code=None if phase is Phase.ERROR else result.exit_code,  # the command never ran
         start_time=started, completion_time=finished, duration_seconds=round(stats.duration_seconds, 4),
         stats=TaskStats(cpu_time_seconds=stats.cpu_time_seconds, peak_memory_bytes=stats.peak_memory_bytes,

@@ -1,8 +1,9 @@
 """The worker file's ``[policy]``: the same knobs as an ExecutionPolicy, for every task this worker runs.
 
-``expbuild-isolation run``, and the node agent and REAPI worker through ``local.run_task``, judge each task
-against it with ``api.judge`` before anything is placed in a workspace: a violation ends the task in
+``expbuild-isolation run`` and the node agent (both through ``local.run_task``) judge each task against it
+with ``api.judge`` before anything is placed in a workspace: a violation ends the task in
 Error/PolicyViolation (``run`` exits 125), a ``below_minimum = "Raise"`` floor raises the task's minimum.
+The REAPI worker does not read it yet (its actions are not ExecutionTasks).
 """
 
 from __future__ import annotations
