@@ -8,6 +8,8 @@ runs the same task where no policy applies.
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -92,3 +94,34 @@ async def test_policies_that_cannot_be_read_mean_nothing_runs(api, kmock, worker
         done = await eventually(lambda: _ended(api, "unjudged"), timeout=30, what="unjudged to end")
     assert (done["status"]["phase"], done["status"]["reason"]) == ("Error", "PolicyUnavailable")
     assert "forbidden" in done["status"]["message"] and counting.runs == []
+
+
+async def test_a_task_the_agent_ran_is_charged_to_its_namespace_and_audited_with_its_policy(
+        api, kmock, worker_config, counting, caplog):
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"namespace": "ci"}) or 0.0
+
+    caplog.set_level(logging.INFO, logger="expbuild.audit")
+    await api.create(POLICIES, policy("team-ci", maxResources={"timeout": "1h"}))
+    busy = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo done > out.txt"
+    await api.create(TASKS, placed("busy", "n1", command=["/bin/sh", "-c", busy], isolation={"executor": "namespace"},
+                                   outputs={"paths": ["out.txt"]}))
+    names = ("expbuild_namespace_cpu_seconds_total", "expbuild_namespace_memory_byte_seconds_total")
+    before = [sample(name) for name in names]
+    async with running_agent(kmock, worker_config, "n1", counting=counting, capacity=BIG_NODE):
+        done = await eventually(lambda: _ended(api, "busy"), timeout=60, what="busy to end")
+
+        async def charged() -> list[float] | None:  # (charged right after the final status is written)
+            amounts = [sample(name) - was for name, was in zip(names, before)]
+            return amounts if all(amounts) else None
+        amounts = await eventually(charged, timeout=10, what="the namespace to be charged")
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    cpu, peak = status["stats"]["cpuTimeSeconds"], status["stats"]["peakMemoryBytes"]
+    assert cpu > 0.05 and peak > 0  # measured from the task's cgroup, not claimed by the task
+    assert amounts == pytest.approx([cpu, peak * status["durationSeconds"]])
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "expbuild.audit"]
+    start = next(line for line in lines if line["event"] == "start" and line["task"] == "ci/busy")
+    assert start["namespace"] == "ci" and start["policies"] == ["team-ci"] and start["executor"] == "namespace"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import random
 from typing import Any
 
@@ -12,6 +14,7 @@ from tests.unit.policy_cases import VIOLATIONS
 from .conftest import (
     JOBS,
     NAMESPACES,
+    PODS,
     POLICIES,
     TASKS,
     Api,
@@ -188,3 +191,39 @@ async def test_a_restarted_operator_keeps_the_quota_and_the_line(api, kmock, ope
         await eventually(lambda: status_of(api, "ci", "older", "Scheduled"), what="the oldest waiting task to start")
         await asyncio.sleep(0.5)
         assert [job["metadata"]["name"] for job in await api.items(JOBS)] == ["xt-older"]
+
+
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_finished_task_is_charged_to_its_namespace_and_audited_with_its_policy(api, kmock, operator_config,
+                                                                                      caplog):
+    from .test_operator import job_pod, kubelet_completes
+
+    caplog.set_level(logging.INFO, logger="expbuild.audit")
+    await api.create(POLICIES, policy("team-ci", maxResources={"timeout": "1h"}))
+    before = (sample("expbuild_namespace_tasks_total", namespace="ci", phase="Succeeded"),
+              sample("expbuild_namespace_cpu_seconds_total", namespace="ci"),
+              sample("expbuild_namespace_memory_byte_seconds_total", namespace="ci"))
+    async with running_operator(kmock, operator_config):
+        await api.create(TASKS, task_body("charged"))
+        await eventually(lambda: status_of(api, "ci", "charged", "Scheduled"), what="Scheduled")
+        await api.create(PODS, await job_pod(api, "charged", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
+        await eventually(lambda: status_of(api, "ci", "charged", "Running"), what="Running")
+        report = '{"v":1,"exit":0,"cg":2,"cpu_us":500000,"mem":1048576,"trunc":0,"out":[]}'
+        await kubelet_completes(api, "charged", report)
+        done = await eventually(lambda: status_of(api, "ci", "charged", "Succeeded"), what="Succeeded")
+    stats, duration = done["status"]["stats"], done["status"]["durationSeconds"]
+    assert (stats["cpuTimeSeconds"], stats["peakMemoryBytes"], duration) == (0.5, 1048576, 3.0)
+    after = (sample("expbuild_namespace_tasks_total", namespace="ci", phase="Succeeded"),
+             sample("expbuild_namespace_cpu_seconds_total", namespace="ci"),
+             sample("expbuild_namespace_memory_byte_seconds_total", namespace="ci"))
+    assert [b - a for a, b in zip(before, after)] == [1, 0.5, 1048576 * 3.0]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "expbuild.audit"]
+    start = next(line for line in lines if line["event"] == "start" and line["task"] == "ci/charged")
+    assert start["namespace"] == "ci" and start["policies"] == ["team-ci"]
+    end = next(line for line in lines if line["event"] == "end" and line["task"] == "ci/charged")
+    assert end["namespace"] == "ci" and end["outcome"]["phase"] == "Succeeded"

@@ -365,7 +365,7 @@ class NodeAgent:
                      "observedGeneration": task.metadata.generation,
                      "conditions": task_conditions(task, [("Scheduled", "True", "", ""), ("Started", "True", "", "")],
                                                    now())}
-            started.append(asyncio.create_task(self.report.started(task, body, patch)))
+            started.append(asyncio.create_task(self.report.started(task, body, patch, verdict.policies)))
 
         try:
             config_maps = await self._fetch_config_maps(task)

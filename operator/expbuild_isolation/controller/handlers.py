@@ -229,7 +229,7 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
         await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
         kopf.event(body, type="Normal", reason="Scheduled",
                    message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
-        audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
+        audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level, policies=verdict.policies))
     # The Job's own events bring its status (``follow``); nothing to read back here.
     return True
 
@@ -549,6 +549,7 @@ def _finished(state: OperatorState, task: ExecutionTask, patch: dict[str, Any]) 
     state.running.discard(task.key)
     metrics.TASKS_RUNNING.labels(executor=EXECUTOR).set(len(state.running))
     metrics.task_finished(patch["phase"], EXECUTOR, patch.get("durationSeconds"))
+    metrics.account(task.metadata.namespace, patch)
     outcome = {key: patch[key] for key in ("phase", "reason", "message", "exitCode", "durationSeconds", "node")
                if key in patch}
     audit.emit(audit.audit_record(task, "end", executor=EXECUTOR,
