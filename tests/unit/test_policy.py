@@ -1,6 +1,7 @@
 """The ExecutionPolicy model and CRD, and the pure judge: selection, the strictest combination, violations."""
 
 import ipaddress
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -65,6 +66,14 @@ def test_the_example_policy_is_valid_and_admitted(policy_api_server):
     assert policy_api_server.admit(doc) == []
     example = ExecutionPolicy.model_validate(doc)
     assert example.spec.isolation.minimum is IsolationLevel.CONTAINER
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/security.md"])
+def test_the_docs_show_the_example_policy(page):
+    """One administrator's example: the README and the security page show manifests/examples/policy.yaml."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
+    shown = [yaml.safe_load(block) for block in blocks if "kind: ExecutionPolicy" in block]
+    assert shown == [yaml.safe_load(EXAMPLE.read_text())]
 
 
 @pytest.mark.parametrize("spec, field", [

@@ -69,7 +69,7 @@ SELECTED = " && ".join([
 
 def _task(field: str, default: str) -> str:
     """A task field that may be absent with its parent (CRD defaults apply only inside present objects)."""
-    parent, _, name = field.rpartition(".")
+    parent = field.rpartition(".")[0]
     return f"has({O}.{parent}) && has({O}.{field}) ? {O}.{field} : {default}"
 
 
