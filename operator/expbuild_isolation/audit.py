@@ -32,12 +32,15 @@ def field_manager(task: ExecutionTask) -> str:
 
 
 def audit_record(task: ExecutionTask, event: Literal["start", "end"], *, executor: str, isolation: str,
-                 outcome: dict[str, Any] | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """The audit line for ``event``; ``outcome`` (phase, reason, exitCode, ...) belongs to "end"."""
+                 outcome: dict[str, Any] | None = None, now: datetime | None = None,
+                 policies: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The audit line for ``event``; ``outcome`` (phase, reason, exitCode, ...) belongs to "end", ``policies``
+    (the ExecutionPolicies that govern the task's namespace and allowed it) to "start"."""
     record: dict[str, Any] = {
         "time": (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "event": event,
         "task": task.key,
+        "namespace": task.metadata.namespace,
         "uid": task.metadata.uid,
         "fieldManager": field_manager(task),
         "image": task.spec.image,
@@ -47,6 +50,8 @@ def audit_record(task: ExecutionTask, event: Literal["start", "end"], *, executo
         "limits": task.spec.resources.model_dump(by_alias=True, exclude_none=True),
         "network": task.spec.network.policy.value,
     }
+    if policies is not None:
+        record["policies"] = list(policies)
     if outcome is not None:
         record["outcome"] = outcome
     return record

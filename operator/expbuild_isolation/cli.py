@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the ExecutionTask CustomResourceDefinition")
     crd.add_argument("--reference", action="store_true",
                      help="print a Markdown reference of every field instead of the YAML")
+    crd.add_argument("--policy", action="store_true", help="print the ExecutionPolicy CRD instead")
     crd.set_defaults(func=_crd)
 
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
@@ -204,8 +205,8 @@ def _crd(args: argparse.Namespace) -> int:
         from .api.reference import render_reference
         sys.stdout.write(render_reference())
         return 0
-    from .api.crd import render_crd_yaml
-    sys.stdout.write(render_crd_yaml())
+    from .api.crd import render_crd_yaml, render_policy_crd_yaml
+    sys.stdout.write(render_policy_crd_yaml() if args.policy else render_crd_yaml())
     return 0
 
 

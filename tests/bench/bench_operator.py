@@ -84,7 +84,7 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
     from tests.controller.conftest import declare_resources
 
     began = time.monotonic()
-    declare_resources(server)
+    declare_resources(server, namespaces=(NS,))
     job_seen: dict[str, float] = {}
     created: dict[str, float] = {}
     counter = itertools.count()

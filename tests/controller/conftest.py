@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 import kmock as kmock_lib
 import pytest
+from kmock._internal import parsing as kmock_parsing
 
 from expbuild_isolation.controller.run import build
 from expbuild_isolation.kube.config import OperatorConfig
@@ -27,15 +28,32 @@ PODS = "/api/v1/namespaces/ci/pods"
 CONFIGMAPS = "/api/v1/namespaces/ci/configmaps"
 NETPOLS = "/apis/networking.k8s.io/v1/namespaces/ci/networkpolicies"
 EVENTS = "/api/v1/namespaces/ci/events"
+POLICIES = "/apis/expbuild.io/v1alpha1/executionpolicies"
+NAMESPACES = "/api/v1/namespaces"
 ALL_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+_kmock_parse_path = kmock_parsing.parse_path
 
 
-def declare_resources(server: Any) -> None:
+def _parse_path(path: str) -> Any:
+    """KMock 0.8's path parser, taught the Namespace objects it reads as namespaces: /api/v1/namespaces
+    (the listing and watch) and /api/v1/namespaces/<name> (one namespace, e.g. to relabel it)."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return kmock_parsing.ParsedPath(group="", version="v1", plural="namespaces",
+                                        name=parts[3] if len(parts) == 4 else None)
+    return _kmock_parse_path(path)
+
+
+def declare_resources(server: Any, namespaces: tuple[str, ...] = (NS,)) -> None:
+    """The kinds the operator and the agent use, and the task namespaces (the operator watches namespaces)."""
+    kmock_parsing.parse_path = _parse_path  # the KMock server runs in this process: teach it the listing
     info = kmock_lib.ResourceInfo
     server.resources["expbuild.io/v1alpha1/executiontasks"] = info(
         kind="ExecutionTask", singular="executiontask", namespaced=True, verbs=ALL_VERBS, shortnames={"xt"},
         subresources={"status"})
-    server.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"})
+    server.resources["expbuild.io/v1alpha1/executionpolicies"] = info(
+        kind="ExecutionPolicy", singular="executionpolicy", namespaced=False, verbs=ALL_VERBS)
+    server.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs=ALL_VERBS)
     server.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
         kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"})
     server.resources["v1/events"] = info(kind="Event", namespaced=True, verbs=ALL_VERBS)
@@ -44,6 +62,9 @@ def declare_resources(server: Any) -> None:
     server.resources["batch/v1/jobs"] = info(kind="Job", namespaced=True, verbs=ALL_VERBS, subresources={"status"})
     server.resources["networking.k8s.io/v1/networkpolicies"] = info(kind="NetworkPolicy", namespaced=True,
                                                                     verbs=ALL_VERBS)
+    for namespace in namespaces:
+        server.objects["v1/namespaces", None, namespace] = {"apiVersion": "v1", "kind": "Namespace",
+                                                            "metadata": {"name": namespace}}
 
 
 class Api:

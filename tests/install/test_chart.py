@@ -105,13 +105,15 @@ def test_foreign_kinds_have_the_shape_their_operators_expect(full: list[dict[str
 def test_defaults_render_the_operator_only(defaults: list[dict[str, Any]]) -> None:
     kinds = sorted({obj["kind"] for obj in defaults})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment",
-                     "Role", "RoleBinding", "Service", "ServiceAccount"]
+                     "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
     assert not find(defaults, "DaemonSet")
     assert [sa["metadata"]["name"] for sa in find(defaults, "ServiceAccount")] == [OPERATOR]
 
 
 def test_every_namespaced_object_lands_in_the_release_namespace() -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for obj in render_chart(FULL_OPTIONS | {"watchNamespaces": []}, namespace="build-infra"):
         if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == "build-infra", obj["metadata"]["name"]
@@ -178,8 +180,9 @@ def test_the_default_agent_config_is_a_valid_worker_config() -> None:
 
 # --- one source of truth ---------------------------------------------------------------------------------------
 
-def test_the_chart_crd_file_is_a_byte_copy_of_crds() -> None:
-    assert (CHART / "files" / "executiontask.yaml").read_bytes() == (ROOT / "crds" / "executiontask.yaml").read_bytes()
+@pytest.mark.parametrize("crd", ["executiontask.yaml", "executionpolicy.yaml"])
+def test_the_chart_crd_file_is_a_byte_copy_of_crds(crd: str) -> None:
+    assert (CHART / "files" / crd).read_bytes() == (ROOT / "crds" / crd).read_bytes()
 
 
 @pytest.mark.parametrize("profile", ["expbuild-default.json", "expbuild-strict.json"])
@@ -194,9 +197,12 @@ def test_the_seccomp_configmap_carries_the_profiles_unchanged(defaults: list[dic
         assert text == (ROOT / "manifests" / "seccomp" / name).read_text()
 
 
-def test_the_rendered_crd_equals_crds_apart_from_helm_metadata(defaults: list[dict[str, Any]]) -> None:
-    rendered = one(defaults, "CustomResourceDefinition", "executiontasks.expbuild.io")
-    source = yaml.safe_load((ROOT / "crds" / "executiontask.yaml").read_text())
+@pytest.mark.parametrize("name, crd", [("executiontasks.expbuild.io", "executiontask.yaml"),
+                                       ("executionpolicies.expbuild.io", "executionpolicy.yaml")])
+def test_the_rendered_crd_equals_crds_apart_from_helm_metadata(defaults: list[dict[str, Any]], name: str,
+                                                               crd: str) -> None:
+    rendered = one(defaults, "CustomResourceDefinition", name)
+    source = yaml.safe_load((ROOT / "crds" / crd).read_text())
     meta = rendered["metadata"]
     assert meta["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert source["metadata"]["labels"].items() <= meta["labels"].items()
@@ -468,7 +474,8 @@ def test_install_manifests_apply_in_order_and_validate() -> None:
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-        if obj["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                               "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert obj["metadata"]["namespace"] == namespace["metadata"]["name"]
     assert not [o for o in objects if o["kind"] == "DaemonSet"]
     deployment = next(o for o in objects if o["kind"] == "Deployment")

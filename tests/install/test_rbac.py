@@ -27,7 +27,6 @@ from unittest import mock
 
 import kmock as kmock_lib
 import pytest
-from kmock._internal import parsing as kmock_parsing
 
 from expbuild_isolation.agent.api import AgentApi
 from expbuild_isolation.agent.node import AgentSettings, NodeAgent
@@ -39,7 +38,8 @@ from expbuild_isolation.worker.config import WorkerConfig
 from tests.agent.conftest import AGENTS_NS, CGROUP_PARENT, LEASES, declare_leases
 from tests.agent.test_agent import advertise, placed, sh
 from tests.controller.conftest import (
-    ALL_VERBS, CONFIGMAPS, JOBS, NETPOLS, NS, PODS, TASKS, Api, declare_resources, eventually, running_operator,
+    ALL_VERBS, CONFIGMAPS, JOBS, NETPOLS, NS, PODS, POLICIES, TASKS, Api, declare_resources, eventually,
+    running_operator,
     task_body,
 )
 from tests.controller.test_operator import job_pod, kubelet_completes
@@ -51,7 +51,6 @@ RELEASE = "expbuild-isolation"
 OPERATOR_SA, AGENT_SA = f"{RELEASE}-operator", f"{RELEASE}-agent"
 CILIUM = "/apis/cilium.io/v2/namespaces/ci/ciliumnetworkpolicies"
 
-_kmock_parse_path = kmock_parsing.parse_path
 pytestmark = pytest.mark.skipif(HELM is None, reason=NO_HELM)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the agent runs tasks with the namespace executor (root)")
 
@@ -64,10 +63,7 @@ NEVER_CALLED: dict[str, str] = {
     "AgentApi.replace": "no caller: the agent patches, never PUTs (so it needs no update verb)",
 }
 # Recorded, yet the code carries on without it: a chart may leave it out.
-OPTIONAL: dict[tuple[str, str, str], str] = {
-    ("list", "", "namespaces"): "kopf lists namespaces to match patterns; denied, it assumes the named ones exist",
-    ("watch", "", "namespaces"): "kopf watches namespaces for patterns; denied, it reads them once at start",
-}
+OPTIONAL: dict[tuple[str, str, str], str] = {}
 
 
 @dataclass
@@ -97,19 +93,10 @@ def sender_of(user_agent: str) -> str | None:
 # --- recording ---------------------------------------------------------------------------------------------
 
 
-def _parse_path(path: str) -> Any:
-    """KMock 0.8's path parser, taught the cluster-wide /api/v1/namespaces listing it cannot parse."""
-    if path.strip("/") == "api/v1/namespaces":
-        return kmock_parsing.ParsedPath(group="", version="v1", plural="namespaces")
-    return _kmock_parse_path(path)
-
-
 @contextlib.asynccontextmanager
 async def emulator() -> AsyncIterator[Any]:
     async with kmock_lib.KubernetesEmulator() as server, kmock_lib.Server(server):
-        declare_resources(server)
-        server.objects["v1/namespaces", None, NS] = {"apiVersion": "v1", "kind": "Namespace",
-                                                     "metadata": {"name": NS}}
+        declare_resources(server)  # (with the task namespace, and KMock taught to serve Namespace objects)
         declare_leases(server)
         server.resources["cilium.io/v2/ciliumnetworkpolicies"] = kmock_lib.ResourceInfo(
             kind="CiliumNetworkPolicy", namespaced=True, verbs=ALL_VERBS)
@@ -217,6 +204,16 @@ async def fence_restored(api: Api) -> None:
     await eventually(closed, what="the fence closed again")
 
 
+async def policy_refuses(api: Api) -> None:
+    """An ExecutionPolicy (listed at startup, then watched) refuses a task; the namespaces' labels are watched."""
+    await api.create(POLICIES, {"apiVersion": "expbuild.io/v1alpha1", "kind": "ExecutionPolicy",
+                                "metadata": {"name": "gvisor-only"},  # (no other scenario names a RuntimeClass)
+                                "spec": {"isolation": {"runtimeClasses": ["gvisor"]}}})
+    await asyncio.sleep(0.5)  # the policy's watch event
+    await api.create(TASKS, task_body("refused-by-policy", isolation={"runtimeClassName": "runc-gpu"}))
+    await phase(api, "refused-by-policy", "Error")
+
+
 async def _absent(api: Api, path: str) -> bool:
     return await api.get(path) is None
 
@@ -227,7 +224,7 @@ async def _labelled(api: Api, name: str) -> Any:
 
 
 OPERATOR_SCENARIOS = (runs_to_success, fails, fqdn_policy, adopts_what_it_created_before, deleted_and_cancelled,
-                      refused, goes_to_agents, fence_restored)
+                      refused, goes_to_agents, fence_restored, policy_refuses)
 
 
 async def record_operator(recording: Recording, namespaces: list[str]) -> None:
@@ -348,7 +345,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
             await record_peering(result.modes[mode], namespaces)
             if os.geteuid() == 0:
                 await record_agent(result.modes[mode], namespaces, tmp_path_factory.mktemp(f"agent-{mode}"))
-    with mock.patch.object(kmock_parsing, "parse_path", _parse_path), counting_calls(result.called):
+    with counting_calls(result.called):
         asyncio.run(record())
     return result
 

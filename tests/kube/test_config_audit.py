@@ -26,7 +26,7 @@ def test_an_audit_record_says_who_ran_what_where_and_how_it_ended():
     record = audit.audit_record(task, "end", executor="job", isolation="Container",
                                 outcome={"phase": "Succeeded", "exitCode": 0},
                                 now=datetime(2025, 1, 1, tzinfo=timezone.utc))
-    assert record == {"time": "2025-01-01T00:00:00Z", "event": "end", "task": "ci/compile-42",
+    assert record == {"time": "2025-01-01T00:00:00Z", "event": "end", "task": "ci/compile-42", "namespace": "ci",
                       "uid": task.metadata.uid, "fieldManager": "OpenAPI-Generator", "image": "localhost/busybox:latest",
                       "argv": ["make", "all"], "executor": "job", "isolation": "Container",
                       "limits": {"cpu": "2", "memory": "1Gi"}, "network": "None",
@@ -47,3 +47,11 @@ def test_finished_tasks_are_counted_by_phase_and_executor():
     before = metrics.TASKS_TOTAL.labels(phase="Succeeded", executor="job")._value.get()
     metrics.task_finished("Succeeded", "job", 1.5)
     assert metrics.TASKS_TOTAL.labels(phase="Succeeded", executor="job")._value.get() == before + 1
+
+
+def test_an_audit_record_names_the_namespace_and_the_policies_that_allowed_the_task():
+    task = make_task()
+    start = audit.audit_record(task, "start", executor="job", isolation="Container", policies=("team-ci", "all"))
+    assert start["namespace"] == "ci" and start["policies"] == ["team-ci", "all"]
+    assert audit.audit_record(task, "start", executor="job", isolation="Container", policies=())["policies"] == []
+    assert "policies" not in audit.audit_record(task, "end", executor="job", isolation="Container", outcome={})

@@ -256,3 +256,14 @@ def test_a_task_that_finished_between_two_looks_still_has_all_three_conditions_w
     never = status.finished_conditions(task, "PrepareFailed", "x", started=None, finished=NOW, now=NOW)
     started = {c["type"]: c for c in never}["Started"]
     assert (started["status"], started["reason"]) == ("False", "NeverStarted")
+
+
+def test_the_image_the_kubelet_ran_is_recorded_by_content():
+    """The kubelet resolves the task's tag once, when it starts the container; its imageID names the content."""
+    task = make_task(status={"phase": "Scheduled"})
+    ran = pod(phase="Running", init=INIT_DONE, main={"running": {"startedAt": T0}})
+    ran["status"]["containerStatuses"][0]["imageID"] = "localhost/busybox@sha256:" + "c" * 64
+    patch = status.status_from(task, job(task), ran, NOW)
+    assert patch["phase"] == "Running" and patch["imageID"] == "localhost/busybox@sha256:" + "c" * 64
+    assert ExecutionTaskStatus.model_validate(patch).image_id == patch["imageID"]
+    assert "imageID" not in status.status_from(task, job(task), pod(phase="Pending"), NOW)  # nothing ran yet

@@ -104,6 +104,13 @@ class ApiServer:
         self._check(self.schema, copy.deepcopy(obj), "", errors)
         return errors
 
+    def stored(self, obj):
+        """``obj`` as the API server stores it (defaults filled in); AssertionError if it would refuse it."""
+        stored, errors = copy.deepcopy(obj), []
+        self._check(self.schema, stored, "", errors)
+        assert not errors, errors
+        return stored
+
     def update(self, old, new):
         """Errors of replacing ``old`` (stored, so defaulted) with ``new``: transition rules see oldSelf."""
         stored = copy.deepcopy(old)

@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from expbuild_isolation.api.crd import build_crd
+from expbuild_isolation.api.crd import build_crd, build_policy_crd
 from expbuild_isolation.api.structural import crd_violations, default_problems, violations
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [ROOT / "crds" / "executiontask.yaml", ROOT / "helm" / "expbuild-isolation" / "files" / "executiontask.yaml",
-           ROOT / "manifests" / "install" / "10-crd.yaml"]
+           ROOT / "manifests" / "install" / "10-crd.yaml", ROOT / "crds" / "executionpolicy.yaml",
+           ROOT / "helm" / "expbuild-isolation" / "files" / "executionpolicy.yaml"]
 
 
 def _crds(path: Path) -> list[dict]:
@@ -19,8 +20,9 @@ def _crds(path: Path) -> list[dict]:
             if doc and doc.get("kind") == "CustomResourceDefinition" and doc["spec"]["group"] == "expbuild.io"]
 
 
-def test_the_generated_crd_is_structural():
+def test_the_generated_crds_are_structural():
     assert crd_violations(build_crd()) == []
+    assert crd_violations(build_policy_crd()) == []
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))

@@ -25,7 +25,10 @@ What it does (``agent.node.NodeAgent``):
   task is what the operator placed here (``status.node``, the generation it
   placed) and within what the administrator allows: no host executor without
   ``--allow-host-executor``; Unconfined and floors below Container only for
-  ``--weak-isolation-namespace``; no more cpu or memory than the node has.
+  ``--weak-isolation-namespace``; no more cpu or memory than the node has. Then
+  ``agent.tenancy`` judges it against the ExecutionPolicies as they are now
+  (a task placed before a policy changed ends Error/PolicyViolation) and
+  raises its floor where a policy says so;
   ConfigMap inputs are fetched from the task's own namespace into memory;
 - patches the status (Running, then the final phase with reason, exitCode,
   stats, outputs, logs) and posts Events;
@@ -55,7 +58,7 @@ What the DaemonSet needs, and why:
   ``executiontasks/status`` (cluster-wide, or per namespace with
   ``--task-namespace``); create/get/patch/update ``leases`` (its own in ``NS``,
   claims in task namespaces); create ``events``; get ``configmaps`` for
-  ConfigMap inputs;
+  ConfigMap inputs; list ``executionpolicies`` and get ``namespaces``;
 - ``NODE_NAME`` from the downward API, a liveness probe on ``/healthz`` and a
   scrape of ``/metrics`` (``--metrics-port``, default 8081).
 

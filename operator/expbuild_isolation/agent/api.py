@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION, object_name_problem
 from ..credentials import pem_file
 
@@ -65,6 +66,14 @@ def leases_path(namespace: str | None, name: str = "") -> str:
 
 def config_map_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{segment(namespace)}/configmaps/{segment(name)}"
+
+
+def policies_path() -> str:
+    return f"{TASKS}/{POLICY_PLURAL}"
+
+
+def namespace_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{segment(namespace)}"
 
 
 def events_path(namespace: str) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .. import metrics
-from ..api.task import ExecutionTask, Phase
+from ..api.judge import Judgement
+from ..api.task import ExecutionTask, IsolationLevel, Phase
 from ..executors.base import ExecutorUnavailable, TaskExecutor
 from ..kube.leases import (
     NODE_LABEL, AgentAdvert, claim_holder, label_value, render_agent_lease, render_claim,
@@ -24,6 +25,7 @@ from ..worker.chain import build_chain
 from ..worker.config import WorkerConfig
 from ..worker.config_maps import ConfigMapError
 from ..worker.local import LOG_TAIL_CHARS, describe_task_error, run_task
+from . import tenancy
 from .admission import AgentPolicy, NodeCapacity, Refusal, floor, refusal, runnable
 from .api import AgentApi, ApiError, config_map_path, leases_path, tasks_path
 from .report import Reporter
@@ -335,11 +337,14 @@ class NodeAgent:
             raise
         refused = refusal(task, node=self.settings.node, advertised=self.healthy, policy=self.settings.policy,
                           capacity=self.capacity)
+        verdict = await tenancy.judgement(self.api, task) if refused is None else None
+        refused = refused or tenancy.refusal(verdict)  # type: ignore[arg-type]
         if refused is not None:
             await self._refuse(task, body, refused)
             return
+        assert isinstance(verdict, Judgement)
         try:
-            await self._run(task, body)
+            await self._run(task, body, verdict)
         except asyncio.CancelledError:
             raise  # a cancelled task (operator wrote Cancelled) or a stopping agent (recover() ends it next start)
         except Exception as exc:
@@ -349,17 +354,18 @@ class NodeAgent:
                                             "node": self.settings.node, "completionTime": timestamp(now())},
                                warning=True)
 
-    async def _run(self, task: ExecutionTask, body: dict[str, Any]) -> None:
+    async def _run(self, task: ExecutionTask, body: dict[str, Any], verdict: Judgement) -> None:
         started: list[asyncio.Task[None]] = []
 
         def on_selected(executor: TaskExecutor) -> None:
             level = executor.isolation_level().value
-            patch = {"phase": Phase.RUNNING.value, "reason": "Started", "message": "", "executor": executor.name,
+            patch = {"phase": Phase.RUNNING.value, "reason": "Started", "executor": executor.name,
+                     "message": verdict.raised(task.spec.isolation.minimum),
                      "isolationLevel": level, "node": self.settings.node, "startTime": timestamp(now()),
                      "observedGeneration": task.metadata.generation,
                      "conditions": task_conditions(task, [("Scheduled", "True", "", ""), ("Started", "True", "", "")],
                                                    now())}
-            started.append(asyncio.create_task(self.report.started(task, body, patch)))
+            started.append(asyncio.create_task(self.report.started(task, body, patch, verdict.policies)))
 
         try:
             config_maps = await self._fetch_config_maps(task)
@@ -368,9 +374,9 @@ class NodeAgent:
             return
         chain = [self._executors[name] for name in runnable({name: self._executors[name].isolation_level()
                                                              for name in self.healthy}, task)]
+        lowest = max(floor(task, self.settings.policy), verdict.floor.value if verdict.floor else IsolationLevel.NONE)
         status = await run_task(task, chain, self.config, config_maps=config_maps.__getitem__,
-                                floor=floor(task, self.settings.policy), on_selected=on_selected,
-                                node=self.settings.node)
+                                floor=lowest, on_selected=on_selected, node=self.settings.node)
         if started:
             await started[0]
         patch = status.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"conditions"})

@@ -30,12 +30,14 @@ class Reporter:
         self.api, self.node, self.identity = api, node, identity
         self.reported: set[str] = set()  # uids whose final status this agent has written (not to be cancelled)
 
-    async def started(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any]) -> None:
+    async def started(self, task: ExecutionTask, body: dict[str, Any], patch: dict[str, Any],
+                      policies: tuple[str, ...] = ()) -> None:
         await self.patch_status(task, patch)
         await self.event(body, "Normal", "Started",
                           f"running on node {self.node} with {patch['executor']} "
                           f"({patch['isolationLevel']} isolation)")
-        audit.emit(audit.audit_record(task, "start", executor=patch["executor"], isolation=patch["isolationLevel"]))
+        audit.emit(audit.audit_record(task, "start", executor=patch["executor"], isolation=patch["isolationLevel"],
+                                      policies=policies))
         metrics.TASKS_RUNNING.labels(executor=patch["executor"]).inc()
         created = parse_time(body.get("metadata", {}).get("creationTimestamp"))
         metrics.task_started(patch["executor"], (now() - created).total_seconds() if created else None)
@@ -72,6 +74,7 @@ class Reporter:
         if current.phase is Phase.RUNNING or "startTime" in patch:
             metrics.TASKS_RUNNING.labels(executor=executor).dec()
         metrics.task_finished(patch["phase"], executor, patch.get("durationSeconds"))
+        metrics.account(task.metadata.namespace, patch)
         outcome = {key: patch[key] for key in ("phase", "reason", "message", "exitCode", "durationSeconds", "node")
                    if key in patch}
         audit.emit(audit.audit_record(task, "end", executor=executor, isolation=patch.get("isolationLevel") or "",

@@ -1,8 +1,8 @@
-"""Generate the ExecutionTask CustomResourceDefinition from the pydantic models.
+"""Generate the ExecutionTask and ExecutionPolicy CustomResourceDefinitions from the pydantic models.
 
 ``python -m expbuild_isolation.api.crd`` (or ``expbuild-isolation crd``) prints
-it; ``crds/executiontask.yaml`` is its committed output and a test fails when the
-two differ. The JSON schema pydantic produces is turned into a Kubernetes
+the task's; ``crds/executiontask.yaml`` is its committed output and a test fails
+when the two differ. ``--policy`` prints the policy's (``crds/executionpolicy.yaml``). The JSON schema pydantic produces is turned into a Kubernetes
 *structural* schema: references inlined, ``Optional`` unwrapped, titles dropped,
 int-or-string quantities marked, CEL rules kept.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .policy import POLICY_KIND, POLICY_PLURAL, ExecutionPolicySpec
 from .task import GROUP, KIND, PLURAL, VERSION, ExecutionTaskSpec, ExecutionTaskStatus
 
 _DROP = {"title", "$defs"}
@@ -139,13 +140,61 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+def build_policy_crd() -> dict[str, Any]:
+    """The cluster-scoped ExecutionPolicy CRD: an administrator's object, no status (nothing writes one)."""
+    spec_schema = schema_for(ExecutionPolicySpec)
+    spec_schema["description"] = "Which namespaces this policy governs, and what their tasks may ask for."
+    columns = [
+        {"name": "Minimum", "type": "string", "jsonPath": ".spec.isolation.minimum"},
+        {"name": "Below", "type": "string", "jsonPath": ".spec.isolation.belowMinimum"},
+        {"name": "Quota", "type": "integer", "jsonPath": ".spec.maxUnfinishedTasks"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{POLICY_PLURAL}.{GROUP}",
+                     "labels": {"app.kubernetes.io/name": "expbuild-isolation"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {"kind": POLICY_KIND, "listKind": f"{POLICY_KIND}List", "plural": POLICY_PLURAL,
+                      "singular": POLICY_KIND.lower(), "shortNames": ["xpol"], "categories": ["expbuild"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An administrator's floors and caps for the ExecutionTasks of the namespaces "
+                                   "it selects.",
+                    "required": ["spec"],  # (the admission policy's CEL reads params.spec.*)
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                    },
+                }},
+            }],
+        },
+    }
+
+
 def render_crd_yaml() -> str:
     header = "# Generated from operator/expbuild_isolation/api/task.py by `expbuild-isolation crd`. Do not edit.\n"
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
 
 
+def render_policy_crd_yaml() -> str:
+    header = ("# Generated from operator/expbuild_isolation/api/policy.py by `expbuild-isolation crd --policy`. "
+              "Do not edit.\n")
+    return header + yaml.safe_dump(build_policy_crd(), sort_keys=False, width=120)
+
+
 def main() -> None:
-    sys.stdout.write(render_crd_yaml())
+    sys.stdout.write(render_policy_crd_yaml() if "--policy" in sys.argv[1:] else render_crd_yaml())
 
 
 if __name__ == "__main__":

@@ -440,6 +440,9 @@ class ExecutionTaskStatus(Model):
     executor: str = Field("", description="The backend that really ran the task.")
     isolation_level: IsolationLevel | None = Field(None, description="The isolation the task really got.")
     node: str = Field("", description="Node (or host) the task ran on.")
+    image_id: str | None = Field(None, alias="imageID", description="The image that ran, by content: the engine's image ID "
+                          "(sha256:...) for Docker and Podman, the kubelet's containerStatuses[].imageID on the Job "
+                          "path. A tag is resolved once, when the container is created.")
     exit_code: int | None = Field(None, description="Exit code; 124 after a timeout, 128+N after signal N.")
     start_time: datetime | None = Field(None, description="When the command started.")
     completion_time: datetime | None = Field(None, description="When the task reached a finished phase.")

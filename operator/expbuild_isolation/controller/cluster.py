@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import kubernetes.client
 
+from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION
 from ..credentials import pem_file
 from ..kube.names import TASK_LABEL, task_label
@@ -31,6 +32,8 @@ _COLLECTIONS = {
     ("coordination.k8s.io/v1", "Lease"): "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     ("kopf.dev/v1", "KopfPeering"): "/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings",
     ("kopf.dev/v1", "ClusterKopfPeering"): "/apis/kopf.dev/v1/clusterkopfpeerings",
+    ("v1", "Namespace"): "/api/v1/namespaces",
+    (f"{GROUP}/{VERSION}", "ExecutionPolicy"): f"/apis/{GROUP}/{VERSION}/{POLICY_PLURAL}",
 }
 
 
@@ -182,6 +185,12 @@ class Cluster:
         listing = await self.call("GET", path, query=[("labelSelector", label)])
         return [item for item in listing.get("items") or []
                 if label in ((item.get("metadata") or {}).get("labels") or {})]
+
+    async def list_items(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind: in ``namespace``, or in all namespaces (None), or of a cluster-scoped kind."""
+        path = _COLLECTIONS[(api_version, kind)]
+        path = path.format(ns=quote(namespace)) if namespace else path.replace("/namespaces/{ns}", "")
+        return list((await self.call("GET", path)).get("items") or [])
 
     async def pod_for_task(self, namespace: str, task_name: str, job: dict[str, Any] | None) -> dict[str, Any] | None:
         """The newest pod the task's ``job`` controls (there is at most one with backoffLimit 0).

@@ -13,6 +13,11 @@ task's objects, and nothing blocks deleting a namespace or the CRD once tasks
 are done. Status is patched only through ``cluster`` (never kopf's ``patch``)
 so that all writers are serialized by one per-task lock.
 
+Before anything is created, the task is judged against the ExecutionPolicies of its namespace
+(``tenancy``: kept from watches, never read per task): a violation ends it Error/PolicyViolation with an
+Event naming the policy; a raised floor is what it is rendered or placed with; beyond its namespace's
+quota it waits Pending (QuotaExceeded) and starts, oldest first, when another finishes.
+
 Before rendering, ``kube.placement`` decides between the Job path and a node
 agent (from the agents' fresh Leases). A task placed on an agent gets status
 Scheduled (executor ``agent``, the node, the decision as message) and the
@@ -41,6 +46,7 @@ import kopf
 from pydantic import ValidationError
 
 from .. import audit, metrics
+from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION, ExecutionTask, Phase
 from ..kube import network, placement, render
 from ..kube.config import OperatorConfig
@@ -53,6 +59,7 @@ from ..kube.names import MANAGED_BY, TASK_LABEL, TASK_NAME_ANNOTATION, object_na
 from ..kube.status import parse_time, status_from, timestamp
 from ..worker.local import describe_task_error
 from .cluster import ApiError, Cluster, NotOwned, refused_for_good
+from .tenancy import Tenancy, raised
 
 EXECUTOR = "job"
 REPORTING_COMPONENT = "expbuild-isolation"
@@ -76,6 +83,7 @@ class OperatorState:
     # unfinished tasks seen on the watch stream: key -> placed on a node agent (has the node label)
     unfinished: dict[str, bool] = field(default_factory=dict)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
+    tenancy: Tenancy = field(default_factory=Tenancy)  # policies, namespace labels, quotas
     # The context of a kopf handler (``track``): kopf.event needs its posting queue's context variables,
     # which the startup handler that starts the periodic loops does not have yet.
     handler_context: contextvars.Context | None = None
@@ -175,27 +183,36 @@ async def start(state: OperatorState, body: dict[str, Any]) -> None:
     async with state.lock(task.key):
         if state.started.get(task.key) == task.metadata.uid:
             return  # (a restarted operator lists fresh bodies: their status says what was done)
-        await _start(state, task, dict(body))
-        state.started[task.key] = task.metadata.uid
+        if await _start(state, task, dict(body)):
+            state.started[task.key] = task.metadata.uid
 
 
-async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]) -> None:
-    """Under the task's lock: cancel, reject, place on an agent, or create the Job path's objects."""
+async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]) -> bool:
+    """Under the task's lock: cancel, reject, wait for a slot (False), place on an agent, or create the Job
+    path's objects."""
     if task.spec.cancel:
         await _cancel(state, task, body, "cancelled before it started (spec.cancel)")
-        return
+        return True
+    verdict = state.tenancy.judge(task)
+    if not verdict.allowed:
+        await _reject(state, task, body, "PolicyViolation", verdict.refusal())
+        return True
+    if not state.tenancy.admit(task, body, verdict):
+        await _wait_for_slot(state, task, verdict)
+        return False
+    task, note = raised(task, verdict)
     plan = await _plan(state, task)
     if plan.kind == "error":
-        await _reject(state, task, body, plan.reason, plan.message)
-        return
+        await _reject(state, task, body, plan.reason, "; ".join(filter(None, [plan.message, note])))
+        return True
     if plan.kind == "agent":
-        await _place(state, task, body, plan)
-        return
+        await _place(state, task, body, plan, note)
+        return True
     try:
         objects = render.objects_for(task, state.config)
     except RenderError as exc:
-        await _reject(state, task, body, exc.reason, str(exc))
-        return
+        await _reject(state, task, body, exc.reason, "; ".join(filter(None, [str(exc), note])))
+        return True
     try:
         if network.isolated(task):  # the fence exists before the first pod it must fence
             await ensure_fence(state, task.metadata.namespace)
@@ -203,12 +220,12 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
             await state.api.create_or_adopt(obj, task.metadata.uid)
     except NotOwned as exc:
         await _reject(state, task, body, "NameConflict", str(exc))
-        return
+        return True
     except ApiError as exc:
         if refused_for_good(exc):  # the same request would be refused again: say so once, no retries
             await _reject(state, task, body, "Rejected",
                           f"the API server refused the task's {exc.kind or 'objects'}: {exc}")
-            return
+            return True
         metrics.RECONCILE_ERRORS.inc()
         raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
     except Exception as exc:
@@ -216,13 +233,60 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
         raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
     if task.status.phase is Phase.PENDING:
         level = render.isolation_level(task, state.config).value
-        patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": "", "executor": EXECUTOR,
+        patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": note, "executor": EXECUTOR,
                  "isolationLevel": level, "observedGeneration": task.metadata.generation}
         await state.api.patch_task_status(task.metadata.namespace, task.metadata.name, patch)
         kopf.event(body, type="Normal", reason="Scheduled",
                    message=f"Job {object_name(task.metadata.name)} created ({level} isolation)")
-        audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level))
+        audit.emit(audit.audit_record(task, "start", executor=EXECUTOR, isolation=level, policies=verdict.policies))
     # The Job's own events bring its status (``follow``); nothing to read back here.
+    return True
+
+
+async def _wait_for_slot(state: OperatorState, task: ExecutionTask, verdict: Any) -> None:
+    """Its namespace is at its quota: say so once in the status (Pending, QuotaExceeded); it starts later."""
+    if task.status.reason != "QuotaExceeded":
+        await state.api.patch_task_status(task.metadata.namespace, task.metadata.name,
+                                          state.tenancy.waiting_status(task, verdict))
+
+
+def _start_next(state: OperatorState, namespace: str) -> None:
+    """Slots are free in ``namespace``: start its oldest waiting tasks that fit (each is judged again)."""
+    context = state.handler_context or contextvars.copy_context()
+    for body in state.tenancy.next_up(namespace):
+        asyncio.get_running_loop().create_task(_start_waiting(state, body), context=context.copy())
+
+
+async def _start_waiting(state: OperatorState, body: dict[str, Any]) -> None:
+    meta = body.get("metadata") or {}
+    try:
+        await start(state, body)
+    except kopf.TemporaryError as exc:
+        logging.getLogger(__name__).warning("starting %s/%s failed: %s", meta.get("namespace"), meta.get("name"),
+                                            exc)
+        _retry_later(state, meta.get("namespace", ""), meta.get("name", ""))
+
+
+async def load_tenancy(state: OperatorState) -> None:
+    """At startup, before any watch: the policies, namespace labels and waiting tasks (one listing each)."""
+    await state.tenancy.load(state.api, state.config.namespaces)
+
+
+async def policy_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """An ExecutionPolicy was created, changed or deleted: judge from now on by it; a quota may have grown."""
+    state: OperatorState = memo.state
+    state.tenancy.policy_event(dict(body), type)
+    for namespace in state.tenancy.waiting_namespaces():
+        _start_next(state, namespace)
+
+
+async def namespace_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """A namespace's labels (which policies govern it) were seen or changed."""
+    state: OperatorState = memo.state
+    state.tenancy.namespace_event(dict(body), type)
+    name = (body.get("metadata") or {}).get("name") or ""
+    if name in state.tenancy.waiting_namespaces():
+        _start_next(state, name)
 
 
 async def ensure_fence(state: OperatorState, namespace: str) -> None:
@@ -257,16 +321,17 @@ async def _plan(state: OperatorState, task: ExecutionTask) -> placement.Plan:
     return placement.decide(task, fresh_agents(leases, now()), config=state.config)
 
 
-async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any], plan: placement.Plan) -> None:
+async def _place(state: OperatorState, task: ExecutionTask, body: dict[str, Any], plan: placement.Plan,
+                 note: str = "") -> None:
     """Hand ``task`` to the agent on ``plan.node``: status first, then the label the agent lists by."""
     meta = task.metadata
-    patch = {"phase": Phase.SCHEDULED.value, "reason": plan.reason, "message": plan.message, "executor": "agent",
+    message = "; ".join(filter(None, [plan.message, note]))
+    patch = {"phase": Phase.SCHEDULED.value, "reason": plan.reason, "message": message, "executor": "agent",
              "node": plan.node, "observedGeneration": meta.generation}
     await state.api.patch_task_status(meta.namespace, meta.name, patch)
     labels = {NODE_LABEL: label_value(plan.node)}
     await state.api.patch_task(meta.namespace, meta.name, {"metadata": {"labels": labels}})
-    kopf.event(body, type="Normal", reason="Scheduled",
-               message=f"placed on node agent {plan.node}: {plan.message}"[:1024])
+    kopf.event(body, type="Normal", reason="Scheduled", message=f"placed on node agent {plan.node}: {message}"[:1024])
 
 
 async def follow(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
@@ -295,6 +360,8 @@ def track(state: OperatorState, body: kopf.Body, type: str | None) -> None:
     if state.handler_context is None:
         state.handler_context = contextvars.copy_context()
     key = _key(meta["namespace"], meta["name"])
+    if state.tenancy.seen(key, dict(body), deleted=type == "DELETED"):
+        _start_next(state, meta["namespace"])
     if type == "DELETED":
         if state.unfinished.pop(key, None) is not None:
             with contextlib.suppress(ValidationError):  # (an object the handlers could not read either)
@@ -489,6 +556,7 @@ def _finished(state: OperatorState, task: ExecutionTask, patch: dict[str, Any]) 
     state.running.discard(task.key)
     metrics.TASKS_RUNNING.labels(executor=EXECUTOR).set(len(state.running))
     metrics.task_finished(patch["phase"], EXECUTOR, patch.get("durationSeconds"))
+    metrics.account(task.metadata.namespace, patch)
     outcome = {key: patch[key] for key in ("phase", "reason", "message", "exitCode", "durationSeconds", "node")
                if key in patch}
     audit.emit(audit.audit_record(task, "end", executor=EXECUTOR,
@@ -563,4 +631,6 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
     kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={network.SHARED_POLICY_LABEL: kopf.PRESENT},
                   registry=registry, id="fence")(fence_changed)
+    kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry, id="policy")(policy_changed)
+    kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace")(namespace_changed)
     return registry

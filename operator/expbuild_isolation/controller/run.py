@@ -17,12 +17,15 @@ import kopf
 
 from .. import metrics
 from ..kube.config import OperatorConfig
-from .handlers import OperatorState, make_registry, remember_login
+from .handlers import OperatorState, load_tenancy, make_registry, remember_login
 
 
 def build(config: OperatorConfig, login: Any, *, peering: str | None = None
           ) -> tuple[kopf.OperatorRegistry, kopf.Memo]:
     """The registry (handlers + ``login``) and the memo carrying the shared state.
+
+    A startup handler reads the ExecutionPolicies, namespaces and tasks once before kopf starts watching
+    (``handlers.load_tenancy``).
 
     With ``peering`` (replicas > 1) a startup handler first creates the peering
     object(s) kopf will use, if absent: kopf only patches an existing one, and
@@ -43,9 +46,16 @@ def build(config: OperatorConfig, login: Any, *, peering: str | None = None
             if await state.api.create_if_absent(obj):
                 logger.info(f"created {obj['kind']} {peering!r} for kopf peering")
 
+    async def load_policies(logger: Any, **kwargs: Any) -> None:
+        if state.cluster is None:
+            await login_and_remember(logger=logger, **kwargs)
+        await load_tenancy(state)
+
     kopf.on.login(registry=registry, id="login")(login_and_remember)
     if peering:
         kopf.on.startup(registry=registry, id="peering")(ensure_peering)
+    # Before any watch starts: no task is judged against policies the operator has not read yet.
+    kopf.on.startup(registry=registry, id="tenancy")(load_policies)
     return registry, kopf.Memo(state=state)
 
 

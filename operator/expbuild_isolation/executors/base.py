@@ -136,6 +136,7 @@ class ExecutionResult:
     output_problems: tuple[str, ...] = ()   # outputs missing or refused (e.g. a symlink leaving the workspace)
     stats: ExecutionStats = field(default_factory=ExecutionStats)
     message: str = ""
+    image_id: str = ""                      # container executors: the content ID of the image that ran
 
 
 @dataclass(frozen=True)

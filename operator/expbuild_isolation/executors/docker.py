@@ -234,7 +234,7 @@ class DockerExecutor:
                                isolation_level=self.isolation_level(), stdout=stdout.data(), stderr=stderr.data(),
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                                output_files=tuple(files), output_problems=tuple(problems), stats=stats,
-                               message=message)
+                               message=message, image_id=str(container.attrs.get("Image") or ""))
 
     def was_oom_killed(self, state: dict, exit_code: int, usage: CgroupStats | None,
                        request: ExecutionRequest) -> bool:

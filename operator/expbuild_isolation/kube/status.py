@@ -208,6 +208,9 @@ def _common(task: ExecutionTask, job: dict[str, Any] | None, pod: dict[str, Any]
     node = ((pod or {}).get("spec") or {}).get("nodeName")
     if node:
         patch["node"] = node
+    image_id = _container_status(pod, TASK_CONTAINER).get("imageID")
+    if image_id:  # the image the kubelet ran, by content (what the task's tag resolved to on that node)
+        patch["imageID"] = image_id
     return patch
 
 

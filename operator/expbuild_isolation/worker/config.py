@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..api.messages import shown
+from ..api.policy import LocalPolicy
 from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 from .task_limits import TaskLimits
 
@@ -76,6 +77,7 @@ class WorkerConfig(BaseModel):
     platform: PlatformConfig = Field(default_factory=PlatformConfig)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
     task_limits: TaskLimits = Field(default_factory=TaskLimits)
+    policy: LocalPolicy | None = None  # [policy]: an ExecutionPolicy's knobs for every task (worker/policy.py)
 
 
 MAX_CONFIG_BYTES = 1 << 20

@@ -31,6 +31,7 @@ from .config import WorkerConfig, describe_validation_error
 from .config_maps import ConfigMapError, ConfigMapLookup, blobs_of, read_beside
 from .task_limits import REASON as LIMIT_TOO_LARGE
 from .task_limits import over_caps
+from .policy import local_judgement
 
 LOG_TAIL_CHARS = 2048
 
@@ -167,7 +168,7 @@ def status_from_result(result: ExecutionResult, *, started: datetime, finished: 
     stats = result.stats
     return ExecutionTaskStatus(
         phase=phase, reason=reason, message=message, executor=result.executor,
-        isolation_level=result.isolation_level, node=node,
+        isolation_level=result.isolation_level, node=node, image_id=result.image_id or None,
         exit_code=None if phase is Phase.ERROR else result.exit_code,  # the command never ran
         start_time=started, completion_time=finished, duration_seconds=round(stats.duration_seconds, 4),
         stats=TaskStats(cpu_time_seconds=stats.cpu_time_seconds, peak_memory_bytes=stats.peak_memory_bytes,
@@ -196,6 +197,11 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
     this host's name; the node agent passes its Kubernetes node name).
     """
     node = node or socket.gethostname()
+    verdict = local_judgement(task, config)   # the administrator's policy first, then what this machine can hold
+    if verdict is not None and not verdict.allowed:
+        return error_status("PolicyViolation", verdict.refusal(), node=node)
+    if verdict is not None and verdict.floor is not None:
+        floor = verdict.floor.value if floor is None else max(floor, verdict.floor.value)
     too_large = over_caps(task.spec, config.task_limits)
     if too_large:
         return error_status(LIMIT_TOO_LARGE, "; ".join(too_large), node=node)
