@@ -1,9 +1,9 @@
 """Run tasks in containers through the Docker Engine API (seed sections 4.1 and 5.1).
 
-Lifecycle of one task: create (or take a warm container) -> start -> wait with
-the deadline -> on timeout kill (exit 124) -> read stdout and stderr, bounded ->
-exit state (OOMKilled -> exit 137) -> stats from the task's parent cgroup ->
-outputs -> remove. Removal happens on every path, cancellation included: the
+Lifecycle of one task: create (or take a warm container) -> attach to its
+output (``container_logs.py``: each stream's tail, read live) -> start -> wait
+with the deadline -> on timeout kill (exit 124) -> exit state and OOM kills
+(exit 137) -> stats from the task's parent cgroup -> outputs -> remove. Removal happens on every path, cancellation included: the
 container has a name before it exists, so a create still in flight when the
 task is cancelled is awaited and then removed. Nothing relies on auto_remove,
 which races with reading logs and state.
@@ -11,10 +11,10 @@ which races with reading logs and state.
 Blocking SDK calls run in threads (``asyncio.to_thread``); the long ``wait`` of
 each task runs in this executor's own thread pool, so that many concurrent tasks
 cannot starve the event loop's small default pool of the threads that start,
-kill and remove containers. After the exit there is one thread hop: the logs
-(both streams in one request) are read in a side pool while that thread reads
-the parent cgroup and the outputs; the exit code comes from the wait, and the
-container is inspected only after a non-zero exit (OOMKilled).
+kill and remove containers. After the exit there is one thread hop, which reads
+the parent cgroup and the outputs and collects the attached output; the exit
+code comes from the wait, and the container is inspected only after a non-zero
+exit.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import stat
-import struct
 import time
 import uuid
 
@@ -40,15 +40,16 @@ from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCa
 from .config import DockerConfig
 from .cgroups import CgroupStats, pid_alive
 from .container_cgroup import ContainerCgroup, sweep_orphans
+from .container_logs import AttachedOutput
 from .docker_pool import WarmPool, sweep_slots
 from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
                           seccomp_option, working_dir_in_container)
-from .logs import BoundedBuffer
 from .select import unmet_requirements
 from .workspace import collect_outputs
 
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+_OUTPUT_GRACE_SECONDS = 10.0  # how long after the exit the engine may take to close the attached output
 
 
 class DockerExecutor:
@@ -64,9 +65,6 @@ class DockerExecutor:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._client: docker.DockerClient | None = None
         self._waits = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"{self.name}-wait")
-        # Log reads run beside the rest of _finish; their own pool, so they never queue behind long waits.
-        self._log_reads = concurrent.futures.ThreadPoolExecutor(max_workers=16,
-                                                                thread_name_prefix=f"{self.name}-logs")
         self._runtimes_checked = False
         self._leftover_cgroups: list[ContainerCgroup] = []
         self.pool = WarmPool(self) if self.config.pool_size > 0 else None
@@ -99,7 +97,6 @@ class DockerExecutor:
             self._client.close()
             self._client = None
         self._waits.shutdown(wait=False)
-        self._log_reads.shutdown(wait=False)
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         missing = unmet_requirements(self.capabilities(), request)
@@ -162,45 +159,60 @@ class DockerExecutor:
         """
         loop = asyncio.get_running_loop()
         wait_call = functools.partial(container.wait, timeout=request.timeout_seconds + 120)
-        began = time.monotonic()
-        if running:
-            waiting = loop.run_in_executor(self._waits, wait_call)
-            try:
-                start()
-            except BaseException:
-                waiting.cancel()  # the caller removes the container, which ends a wait already sent
-                raise
-        else:
-            try:
-                await asyncio.to_thread(start)
-            except docker.errors.APIError as exc:
-                return self._start_failed(request, str(exc.explanation or exc))
-            waiting = loop.run_in_executor(self._waits, wait_call)
-        timed_out = False
         try:
-            status = await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds)
-        except TimeoutError:
-            timed_out = True
-            with contextlib.suppress(docker.errors.APIError):
-                await asyncio.to_thread(container.kill)
-            status = await waiting
+            output = await asyncio.to_thread(self._attach, container, request.log_limit_bytes)
+        except docker.errors.APIError as exc:   # Podman prepares (runc create) a container to attach to it
+            why = re.sub(r"^preparing container \w+ for attach: ", "", str(exc.explanation or exc))
+            return self._start_failed(request, why)
+        began = time.monotonic()
+        try:
+            if running:
+                waiting = loop.run_in_executor(self._waits, wait_call)
+                try:
+                    start()
+                except BaseException:
+                    waiting.cancel()  # the caller removes the container, which ends a wait already sent
+                    raise
+            else:
+                try:
+                    await asyncio.to_thread(start)
+                except docker.errors.APIError as exc:
+                    output.close()
+                    return self._start_failed(request, str(exc.explanation or exc))
+                waiting = loop.run_in_executor(self._waits, wait_call)
+            timed_out = False
+            try:
+                status = await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds)
+            except TimeoutError:
+                timed_out = True
+                with contextlib.suppress(docker.errors.APIError):
+                    await asyncio.to_thread(container.kill)
+                status = await waiting
+        except BaseException:
+            output.close()
+            raise
         duration = time.monotonic() - began
-        # One thread hop for everything after the exit; the logs are read beside it (see _finish).
-        return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration)
+        # One thread hop for everything after the exit (the attached output has ended or ends meanwhile).
+        return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration, output)
+
+    def _attach(self, container, limit: int) -> AttachedOutput:  # type: ignore[no-untyped-def]
+        try:
+            return AttachedOutput(self.client().api, container.id, limit)
+        except docker.errors.APIError:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            raise ExecutorUnavailable(f"{self.name}: cannot attach to container {container.name}: "
+                                      f"{_short(exc)}") from None
 
     def _finish(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
-                timed_out: bool, duration: float) -> ExecutionResult:
-        # The logs (one request, both streams) come from the daemon while this thread reads the cgroup
-        # totals, the exit state (only when needed) and the outputs from the host's file systems.
-        logs = self._log_reads.submit(self._read_logs, container, request.log_limit_bytes)
+                timed_out: bool, duration: float, output: AttachedOutput) -> ExecutionResult:
         try:
-            return self._settle(container, request, cgroup, status, timed_out, duration, logs)
+            return self._settle(container, request, cgroup, status, timed_out, duration, output)
         finally:
-            if not logs.done():
-                logs.cancel()
+            output.close()
 
     def _settle(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
-                timed_out: bool, duration: float, logs: concurrent.futures.Future) -> ExecutionResult:
+                timed_out: bool, duration: float, output: AttachedOutput) -> ExecutionResult:
         usage = cgroup.stats()
         code = status.get("StatusCode") if isinstance(status, dict) else None
         state: dict = {}
@@ -229,7 +241,7 @@ class DockerExecutor:
                                disk_write_bytes=usage.disk_write_bytes if usage else None)
         message = {TerminationReason.DEADLINE_EXCEEDED: f"killed after the {request.timeout_seconds:g}s timeout",
                    TerminationReason.OOM_KILLED: "killed by the kernel at the memory limit"}.get(reason, "")
-        stdout, stderr = logs.result()
+        stdout, stderr = output.finish(timeout=_OUTPUT_GRACE_SECONDS)
         return ExecutionResult(exit_code=exit_code, reason=reason, executor=self.name,
                                isolation_level=self.isolation_level(), stdout=stdout.data(), stderr=stderr.data(),
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
@@ -239,29 +251,6 @@ class DockerExecutor:
     def was_oom_killed(self, state: dict, exit_code: int, usage: CgroupStats | None,
                        request: ExecutionRequest) -> bool:
         return bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
-
-    def _read_logs(self, container, limit: int) -> tuple[BoundedBuffer, BoundedBuffer]:  # type: ignore[no-untyped-def]
-        """stdout and stderr, bounded, from one logs request (the multiplexed frames name their stream)."""
-        out, err = BoundedBuffer(limit), BoundedBuffer(limit)
-        api = self.client().api
-        with contextlib.suppress(docker.errors.APIError):
-            response = api._get(api._url("/containers/{0}/logs", container.id),  # noqa: SLF001
-                                params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
-                                stream=True)
-            try:
-                api._raise_for_status(response)  # noqa: SLF001
-                while True:  # frames: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 length (big-endian)
-                    header = response.raw.read(8)
-                    if len(header) < 8:
-                        break
-                    kind, length = struct.unpack(">BxxxL", header)
-                    data = response.raw.read(length) if length else b""
-                    if length and not data:
-                        break
-                    (err if kind == 2 else out).feed(data)
-            finally:
-                response.close()
-        return out, err
 
     def _start_failed(self, request: ExecutionRequest, why: str) -> ExecutionResult:
         return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,

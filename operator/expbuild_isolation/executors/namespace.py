@@ -38,6 +38,7 @@ from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCa
 from .config import NamespaceConfig
 from .disk_limit import chown_tree, copy_back_and_remove, make_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
+from .logs import BoundedBuffer
 from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
                      unique_suffix)
 from .workspace import collect_outputs
@@ -297,13 +298,12 @@ async def _finish(readers: list[asyncio.Future]) -> list[tuple[bytes, bool]]:
 
 
 def _read_bounded(fd: int, limit: int) -> asyncio.Future:
-    """Read a pipe to EOF, keeping the first ``limit`` bytes (and draining the rest so the writer never
-    blocks); the future's result is (bytes, truncated). A bare reader callback, not a transport: the
-    task's end is one wakeup away from the executor."""
+    """Read a pipe to EOF, keeping its last ``limit`` bytes (draining the rest so the writer never blocks);
+    the future's result is (bytes, truncated). A bare reader callback, not a transport: the task's end is
+    one wakeup away from the executor."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future = loop.create_future()
-    kept = bytearray()
-    state = {"truncated": False}
+    kept = BoundedBuffer(limit)
     os.set_blocking(fd, False)
 
     def done() -> None:
@@ -321,14 +321,11 @@ def _read_bounded(fd: int, limit: int) -> asyncio.Future:
                 future.set_exception(exc)
             return
         if chunk:
-            room = limit - len(kept)
-            if len(chunk) > room:
-                state["truncated"] = True
-            kept.extend(chunk[:max(room, 0)])
+            kept.feed(chunk)
             return
         done()
         if not future.done():
-            future.set_result((bytes(kept), state["truncated"]))
+            future.set_result((kept.data(), kept.truncated))
 
     def cancelled(f: asyncio.Future) -> None:
         if f.cancelled():
