@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -86,9 +87,10 @@ class HostExecutor:
             process.stdin.write(json.dumps(job).encode())
             await process.stdin.drain()
             process.stdin.close()
+            guard = request.timeout_seconds + _GRACE_SECONDS if math.isfinite(request.timeout_seconds) else None
             await asyncio.wait_for(
                 asyncio.gather(pump(process.stdout, stdout), pump(process.stderr, stderr), process.wait()),
-                timeout=request.timeout_seconds + _GRACE_SECONDS)
+                timeout=guard)
             report = await asyncio.to_thread(_read_all, report_read)
         except BaseException:
             # Cancelled or the reaper hung: SIGTERM makes it kill the tree; SIGKILL if it does not go.
@@ -108,6 +110,9 @@ class HostExecutor:
         except ValueError:
             raise ExecutorUnavailable(f"the reaper died without a report (exit {process.returncode}); "
                                       f"stderr: {stderr.text()[-500:]}") from None
+        if "error" in outcome:
+            raise ExecutorUnavailable(f"host: {outcome['error']}" + (
+                "; every process of the task was killed" if "exit_code" in outcome else " (nothing was run)"))
         files, problems = collect_outputs(request.workspace, request.output_paths)
         code = int(outcome["exit_code"])
         return ExecutionResult(
@@ -140,6 +145,8 @@ def _read_all(fd: int) -> bytes:
 
 
 def _reason(code: int, stopped: str | None) -> TerminationReason:
+    if stopped and stopped.startswith("signal "):
+        return TerminationReason.NON_ZERO_EXIT
     if stopped == "deadline":
         return TerminationReason.DEADLINE_EXCEEDED
     if stopped == "cancelled":
@@ -156,4 +163,7 @@ def _message(code: int, stopped: str | None, request: ExecutionRequest) -> str:
         return f"killed after the {request.timeout_seconds:g}s timeout, with every process it started"
     if stopped == "cancelled":
         return "cancelled"
+    if stopped and stopped.startswith("signal "):
+        return f"the host executor's reaper was sent {stopped.removeprefix('signal ')}: every process of the " \
+               f"task was killed"
     return "" if code == 0 else f"exited with code {code}"
