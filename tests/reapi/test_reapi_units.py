@@ -147,6 +147,25 @@ def test_a_file_declared_as_a_directory_is_a_problem_not_an_upload(tmp_path):
     assert got.directories == [] and "declared as a directory" in got.problems[0]
 
 
+def test_outputs_past_the_bound_are_problems_not_uploads_and_holes_count(tmp_path):
+    (tmp_path / "w" / "gen").mkdir(parents=True)
+    (tmp_path / "w" / "small").write_bytes(b"s" * 1000)
+    with open(tmp_path / "w" / "gen" / "holes", "wb") as handle:
+        handle.truncate(64 << 30)                                       # 64 GiB of holes, no blocks
+    with open(tmp_path / "w" / "huge", "wb") as handle:
+        handle.truncate(64 << 30)
+    got = collect(tmp_path / "w", files=("small", "huge"), directories=("gen",), limit=1 << 20)
+    assert [f.path for f in got.files] == ["small"] and got.directories == []
+    assert len(got.problems) == 2 and all("max_output_bytes" in p for p in got.problems)
+    assert "'huge'" in got.problems[0] and "'gen/holes'" in got.problems[1]
+    assert all(isinstance(source, bytes) for _, source in got.blobs.values())
+
+
+def test_the_worker_config_bound_reaches_the_plan():
+    assert plan_action(re_pb2.Action(), command(), Path("/ws"), task_id="t", floor=IsolationLevel.CONTAINER,
+                       max_output_bytes=12345).request.output_limit_bytes == 12345
+
+
 # -- inputs and the local cache --------------------------------------------------------------------------------
 
 

@@ -233,7 +233,7 @@ class DockerExecutor:
             reason = TerminationReason.PIDS_LIMIT
         else:
             reason = TerminationReason.NON_ZERO_EXIT
-        files, problems = collect_outputs(request.workspace, request.output_paths)
+        files, problems = collect_outputs(request.workspace, request.output_paths, limit=request.output_limit_bytes)
         stats = ExecutionStats(duration_seconds=duration,
                                cpu_time_seconds=usage.cpu_time_seconds if usage else None,
                                peak_memory_bytes=usage.peak_memory_bytes if usage else None,

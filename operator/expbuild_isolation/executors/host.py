@@ -113,7 +113,8 @@ class HostExecutor:
         if "error" in outcome:
             raise ExecutorUnavailable(f"host: {outcome['error']}" + (
                 "; every process of the task was killed" if "exit_code" in outcome else " (nothing was run)"))
-        files, problems = collect_outputs(request.workspace, request.output_paths)
+        files, problems = await asyncio.to_thread(collect_outputs, request.workspace, request.output_paths,
+                                                  limit=request.output_limit_bytes)
         code = int(outcome["exit_code"])
         return ExecutionResult(
             exit_code=code, reason=_reason(code, outcome["stopped"]), executor=self.name,

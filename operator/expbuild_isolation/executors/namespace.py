@@ -134,7 +134,8 @@ class NamespaceExecutor:
         nsinit.trace("x.done", spare.slot)
         if SPARES_PER_SHAPE > 0:
             POOL.want(shape)   # replaced now that this task is done, not while it starts
-        files, problems = collect_outputs(request.workspace, request.output_paths)
+        files, problems = await asyncio.to_thread(collect_outputs, request.workspace, request.output_paths,
+                                                  limit=request.output_limit_bytes)
         result = self._result(request, outcome, stats, time.monotonic() - started, files, problems)
         nsinit.trace("x.return", spare.slot)
         return result

@@ -21,6 +21,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..executors.base import DEFAULT_OUTPUT_LIMIT
+from ..executors.workspace import OutputBudget, OutputRefused, hash_file
 from .reapi_cas import CasError, LocalCas, digest_of, key
 from .reapi_protos import code_pb2, re_pb2
 
@@ -131,14 +133,22 @@ class CollectedOutputs:
 
 
 def collect(workspace: Path, *, files: tuple[str, ...] = (), directories: tuple[str, ...] = (),
-            paths: tuple[str, ...] = (), prefix: str = "") -> CollectedOutputs:
-    """Walk the declared outputs (workspace-relative); paths reported relative to ``prefix`` (the workdir)."""
+            paths: tuple[str, ...] = (), prefix: str = "", limit: int = DEFAULT_OUTPUT_LIMIT) -> CollectedOutputs:
+    """Walk the declared outputs (workspace-relative); paths reported relative to ``prefix`` (the workdir).
+
+    ``limit`` bounds the bytes digested for all outputs together, sparse holes counted: an output (a whole
+    directory, if one file in it) that would pass it is a problem, not uploaded.
+    """
     out = CollectedOutputs()
+    budget = OutputBudget(limit)
     root_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for path, expected in [(p, "file") for p in files] + [(p, "dir") for p in directories] + \
                               [(p, "any") for p in paths]:
-            _collect_one(root_fd, workspace, path, expected, _reported(path, prefix), out)
+            try:
+                _collect_one(root_fd, workspace, path, expected, _reported(path, prefix), out, budget)
+            except OutputRefused as exc:
+                out.problems.append(str(exc))
     finally:
         os.close(root_fd)
     return out
@@ -149,7 +159,7 @@ def _reported(path: str, prefix: str) -> str:
 
 
 def _collect_one(root_fd: int, workspace: Path, path: str, expected: str, reported: str,
-                 out: CollectedOutputs) -> None:
+                 out: CollectedOutputs, budget: OutputBudget) -> None:
     parent_fd, name = _open_parent(root_fd, path)
     if parent_fd is None:
         return  # a missing output is not the worker's error: the client decides
@@ -162,13 +172,13 @@ def _collect_one(root_fd: int, workspace: Path, path: str, expected: str, report
             link = re_pb2.OutputSymlink(path=reported, target=os.readlink(name, dir_fd=parent_fd))
             (out.directory_symlinks if expected == "dir" else out.file_symlinks).append(link)
         elif stat.S_ISREG(info.st_mode) and expected in ("file", "any"):
-            digest, executable = _add_file(parent_fd, name, workspace / path, out)
+            digest, executable = _add_file(parent_fd, name, workspace / path, out, budget, reported)
             out.files.append(re_pb2.OutputFile(path=reported, digest=digest, is_executable=executable))
         elif stat.S_ISDIR(info.st_mode) and expected in ("dir", "any"):
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
             try:
                 tree = re_pb2.Tree()
-                tree.root.CopyFrom(_walk_dir(fd, workspace / path, out, {}, tree))
+                tree.root.CopyFrom(_walk_dir(fd, workspace / path, out, {}, tree, budget, reported))
             finally:
                 os.close(fd)
             data = tree.SerializeToString(deterministic=True)
@@ -201,18 +211,20 @@ def _open_parent(root_fd: int, path: str) -> tuple[int | None, str]:
     return fd, parts[-1] if parts else "."
 
 
-def _add_file(dir_fd: int, name: str, host_path: Path, out: CollectedOutputs) -> tuple[re_pb2.Digest, bool]:
+def _add_file(dir_fd: int, name: str, host_path: Path, out: CollectedOutputs, budget: OutputBudget,
+              reported: str) -> tuple[re_pb2.Digest, bool]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         info = os.fstat(fd)
-        hasher = hashlib.sha256()
-        size = 0
-        small = bytearray()
-        while chunk := os.read(fd, _CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-            if size <= _CHUNK:
-                small += chunk
+        budget.take(reported, info.st_size)
+        if info.st_size <= _CHUNK:
+            small = os.read(fd, _CHUNK + 1)
+            if len(small) > info.st_size:
+                raise OutputRefused(f"output {reported!r} grew while it was being digested; not digested")
+            hasher, size = hashlib.sha256(small), len(small)
+        else:
+            small = b""
+            hasher, size = hash_file(fd, reported, info.st_size)
     finally:
         os.close(fd)
     digest = re_pb2.Digest(hash=hasher.hexdigest(), size_bytes=size)
@@ -223,7 +235,7 @@ def _add_file(dir_fd: int, name: str, host_path: Path, out: CollectedOutputs) ->
 
 
 def _walk_dir(fd: int, host_path: Path, out: CollectedOutputs, seen: dict[str, None],
-              tree: re_pb2.Tree) -> re_pb2.Directory:
+              tree: re_pb2.Tree, budget: OutputBudget, reported: str) -> re_pb2.Directory:
     """One Directory message for the open directory ``fd``; children are appended to ``tree.children``."""
     directory = re_pb2.Directory()
     for entry in sorted(os.listdir(fd)):
@@ -231,12 +243,12 @@ def _walk_dir(fd: int, host_path: Path, out: CollectedOutputs, seen: dict[str, N
         if stat.S_ISLNK(info.st_mode):
             directory.symlinks.add(name=entry, target=os.readlink(entry, dir_fd=fd))
         elif stat.S_ISREG(info.st_mode):
-            digest, executable = _add_file(fd, entry, host_path / entry, out)
+            digest, executable = _add_file(fd, entry, host_path / entry, out, budget, f"{reported}/{entry}")
             directory.files.add(name=entry, digest=digest, is_executable=executable)
         elif stat.S_ISDIR(info.st_mode):
             child_fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             try:
-                child = _walk_dir(child_fd, host_path / entry, out, seen, tree)
+                child = _walk_dir(child_fd, host_path / entry, out, seen, tree, budget, f"{reported}/{entry}")
             finally:
                 os.close(child_fd)
             data = child.SerializeToString(deterministic=True)
