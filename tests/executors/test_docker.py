@@ -1,5 +1,7 @@
 """DockerExecutor against a real dockerd (see container_cases.py); plus gVisor as the VM level."""
 
+import os
+
 import pytest
 
 from container_cases import cases, make, usable
@@ -31,3 +33,17 @@ async def test_a_task_runs_under_gvisor():
         await gvisor.close()
     assert result.reason == TerminationReason.COMPLETED, result
     assert result.isolation_level == IsolationLevel.VM and result.stdout.split()[-1] == b"65534"
+
+
+def test_the_working_directory_is_not_created_through_a_workspace_symlink(tmp_path):
+    """prepare_workspace runs as root on the host before the container exists (no daemon needed here)."""
+    from expbuild_isolation.executors.base import ExecutionRequest
+    from expbuild_isolation.executors.workspace import WorkspaceError
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    os.symlink(outside, workspace / "src")
+    with pytest.raises(WorkspaceError, match="'src' is a symlink"):
+        make("docker").prepare_workspace(ExecutionRequest(task_id="t", argv=("true",), workspace=workspace,
+                                                          working_dir="src/build"))
+    assert list(outside.iterdir()) == []

@@ -202,3 +202,12 @@ def test_a_job_the_reaper_cannot_time_is_refused_before_anything_runs(workspace,
         kill_marked(marker)
     assert "Traceback" not in stderr
     assert "timeout" in report.get("error", ""), report
+
+
+async def test_the_working_directory_is_not_created_through_a_workspace_symlink(workspace, tmp_path):
+    os.symlink(tmp_path, workspace / "src")                # e.g. a REAPI input symlink with any target
+    result = await HostExecutor().execute(request(workspace, "sh", "-c", "pwd", working_dir="src/build"))
+    assert list(tmp_path.iterdir()) == []
+    assert result.reason is TerminationReason.START_FAILED and "'src' is a symlink" in result.message, result
+    made = await HostExecutor().execute(request(workspace, "sh", "-c", "pwd", working_dir="real/build"))
+    assert made.stdout.decode().strip() == str(workspace / "real" / "build")      # the positive control

@@ -45,7 +45,7 @@ from .docker_pool import WarmPool, sweep_slots
 from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
                           seccomp_option, working_dir_in_container)
 from .select import unmet_requirements
-from .workspace import collect_outputs
+from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
@@ -103,7 +103,10 @@ class DockerExecutor:
         if missing:
             raise IsolationUnavailable(f"{self.name}: " + "; ".join(missing))
         limits = request.limits.merged_over(self.config.default_limits.to_limits())
-        await asyncio.to_thread(self.prepare_workspace, request)
+        try:
+            await asyncio.to_thread(self.prepare_workspace, request)
+        except WorkspaceError as exc:
+            return self._start_failed(request, f"working directory: {exc}")
         if self.pool is not None:
             warm = await self.pool.take(request, limits)
             result = await warm.run(request) if warm is not None else None
@@ -289,8 +292,7 @@ class DockerExecutor:
 
     def prepare_workspace(self, request: ExecutionRequest) -> None:
         """Make the workspace (and the working dir) writable by the task's user, before the bind mount."""
-        workdir = request.workspace / working_dir_in_container(request).removeprefix("/workspace").lstrip("/")
-        workdir.mkdir(parents=True, exist_ok=True)
+        make_dirs_beneath(request.workspace, working_dir_in_container(request).removeprefix("/workspace").lstrip("/"))
         uid = self.host_uid(request.run_as_user)
         if uid is None:
             return

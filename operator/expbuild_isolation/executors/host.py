@@ -26,7 +26,7 @@ from .base import (
 )
 from .config import HostConfig
 from .logs import BoundedBuffer, pump
-from .workspace import collect_outputs
+from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 _REAPER = Path(__file__).with_name("reaper.py")
 _GRACE_SECONDS = 10.0  # the reaper enforces the timeout; this only guards against a stuck reaper
@@ -64,7 +64,11 @@ class HostExecutor:
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         cwd = request.workspace / request.working_dir if request.working_dir else request.workspace
-        cwd.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(make_dirs_beneath, request.workspace, request.working_dir)
+        except WorkspaceError as exc:
+            return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
+                                   isolation_level=IsolationLevel.PROCESS, message=f"working directory: {exc}")
         job = {"argv": list(request.argv), "env": self.environment(request), "cwd": str(cwd),
                "timeout": request.timeout_seconds, "rlimits": self._rlimits()}
         report_read, report_write = os.pipe()

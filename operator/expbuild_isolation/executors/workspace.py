@@ -83,6 +83,34 @@ def workspace_with(inputs: Iterable[InputBlob], parent: str | os.PathLike[str] |
         remove_workspace(workspace)
 
 
+def make_dirs_beneath(workspace: Path, relative: str, *, mode: int = 0o755) -> None:
+    """``mkdir -p`` of ``relative`` under ``workspace``, never through a symlink.
+
+    The workspace can hold links with any target before the task runs (REAPI input trees carry them), and
+    we create directories as root: each component is made with mkdirat and entered with O_NOFOLLOW, so a
+    component that exists as a symlink (or a file) is refused, naming it, instead of followed.
+    """
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if relative.startswith("/") or ".." in parts:
+        raise WorkspaceError(f"{relative!r} is not a path inside the workspace")
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, mode, dir_fd=fd)
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                where = "/".join(parts[:index + 1])
+                what = "a symlink" if _is_symlink(fd, part) else exc.strerror.lower()
+                raise WorkspaceError(f"{where!r} is {what}; directories are never created through it "
+                                     f"(making {relative!r} in the workspace)") from None
+            os.close(fd)
+            fd = next_fd
+    finally:
+        os.close(fd)
+
+
 def _open_beneath(root_fd: int, relative: str) -> int:
     """Open ``relative`` under ``root_fd`` without following any symlink on the way."""
     parts = [p for p in relative.split("/") if p not in ("", ".")]

@@ -17,12 +17,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..executors.base import DEFAULT_OUTPUT_LIMIT
-from ..executors.workspace import OutputBudget, OutputRefused, hash_file
+from ..executors.workspace import OutputBudget, OutputRefused, WorkspaceError, hash_file, make_dirs_beneath
 from .reapi_cas import CasError, LocalCas, digest_of, key
 from .reapi_protos import code_pb2, re_pb2
 
@@ -79,21 +80,53 @@ def input_files(directories: dict[str, re_pb2.Directory]) -> list[re_pb2.Digest]
 
 
 def materialize(cas: LocalCas, directories: dict[str, re_pb2.Directory], root: re_pb2.Digest, target: Path) -> int:
-    """Write the tree under ``target``; returns the number of files. Call with the file blobs pinned."""
+    """Write the tree under ``target`` (an empty directory); returns the number of files. Call with the file
+    blobs pinned.
+
+    We write as root, and the tree is the client's: every directory is made by us (mkdirat, so never over an
+    existing name) and entered with O_NOFOLLOW, every file created with O_EXCL | O_NOFOLLOW, and a Directory
+    naming one entry twice (a symlink and a subdirectory, say: the subdirectory's files would go through the
+    link) is refused.
+    """
     count = 0
-    stack = [(root, target)]
-    while stack:
-        digest, path = stack.pop()
-        directory = directories[key(digest)]
-        path.mkdir(exist_ok=True)
-        for node in directory.files:
-            cas.copy_to(node.digest, path / _name(node.name), node.is_executable)
-            count += 1
-        for link in directory.symlinks:
-            os.symlink(link.target, path / _name(link.name))
-        for child in directory.directories:
-            stack.append((child.digest, path / _name(child.name)))
+    root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        stack: list[tuple[re_pb2.Digest, str]] = [(root, "")]
+        while stack:
+            digest, where = stack.pop()
+            directory = directories[key(digest)]
+            names = [_name(n.name) for n in (*directory.files, *directory.symlinks, *directory.directories)]
+            if len(set(names)) != len(names):
+                twice = next(n for n in names if names.count(n) > 1)
+                raise CasError(f"input directory {where or '.'!r} names {twice!r} twice",
+                               code_pb2.INVALID_ARGUMENT)
+            fd = _open_made(root_fd, where)
+            try:
+                for node in directory.files:
+                    cas.copy_into(node.digest, fd, node.name, node.is_executable)
+                    count += 1
+                for link in directory.symlinks:
+                    os.symlink(link.target, link.name, dir_fd=fd)
+                for child in directory.directories:
+                    os.mkdir(child.name, 0o755, dir_fd=fd)
+                    stack.append((child.digest, f"{where}/{child.name}".lstrip("/")))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
     return count
+
+
+def _open_made(root_fd: int, relative: str) -> int:
+    """A directory we made under the root, reopened component by component without following links."""
+    fd = os.dup(root_fd)
+    for part in filter(None, relative.split("/")):
+        try:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = next_fd
+    return fd
 
 
 def _name(name: str) -> str:
@@ -103,10 +136,13 @@ def _name(name: str) -> str:
 
 
 def prepare_output_parents(workspace: Path, paths: list[str]) -> None:
-    """REAPI: the worker creates the parent directory of every output before the command runs."""
+    """REAPI: the worker creates the parent directory of every output before the command runs; never
+    through a symlink of the input root (we are root, the link's target is the client's choice)."""
     for path in paths:
-        parent = (workspace / path).parent
-        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            make_dirs_beneath(workspace, posixpath.dirname(path))
+        except WorkspaceError as exc:
+            raise CasError(f"output {path!r}: {exc}", code_pb2.INVALID_ARGUMENT) from None
 
 
 # -- outputs ------------------------------------------------------------------------------------------------
