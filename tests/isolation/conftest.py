@@ -108,6 +108,8 @@ ATTACK_NAMES = {
     "a_fork_bomb_is_contained": "fork_bomb",
     "allocating_past_the_memory_limit_is_oom_killed": "memory",
     "filling_the_disk_stops_at_the_limit": "disk",
+    "a_sparse_file_leaves_no_more_than_the_limit_on_the_host": "sparse_disk",
+    "a_workspace_symlink_is_never_written_through": "workspace_symlink",
     "a_daemonized_grandchild_does_not_outlive_the_timeout": "daemon",
     "strict_seccomp_refuses_namespaces_mounts_ptrace_keyctl": "strict_syscalls",
     "setuid_binaries_do_not_raise_privileges": "setuid",

@@ -98,14 +98,86 @@ async def test_allocating_past_the_memory_limit_is_oom_killed(backend, workspace
     assert result.exit_code == 137
 
 
-async def test_filling_the_disk_stops_at_the_limit(backend, workspace):
-    script = (f"{BB} dd if=/dev/zero of=big bs=1048576 count=64 2>&1; echo size=$({BB} wc -c < big); "
-              f"{BB} dd if=/dev/zero of=/tmp/big bs=1048576 count=64 2>/dev/null; echo tmp=$({BB} wc -c < /tmp/big)")
-    result = await backend.execute(hostile(workspace, script, disk=16 * MiB, outputs=("big",)))
-    sizes = {k: int(v) for k, v in re.findall(rb"(size|tmp)=(\d+)", result.stdout)}
-    assert sizes.get(b"size") is not None and sizes[b"size"] <= 16 * MiB, result.stdout
-    assert sizes.get(b"tmp", 0) <= 16 * MiB
-    assert b"No space left" in result.stdout
+async def test_filling_the_disk_stops_at_the_limit(backend, workspace, marker):
+    """Measured from the host while the task waits: its /tmp and its workspace (through /proc/<pid>/root and
+    /proc/<pid>/cwd, whatever the backend), then the workspace the task leaves behind."""
+    tmp_file = f"/tmp/{marker}-big"
+    script = (f"{BB} dd if=/dev/zero of={tmp_file} bs=1048576 count=64 2>/dev/null; "
+              f"{BB} dd if=/dev/zero of=big bs=1048576 count=64 2>/dev/null; "
+              f": > filled; while [ ! -e measured ]; do {BB} sleep 0.1; done")
+    task = asyncio.ensure_future(backend.execute(hostile(workspace, script, marker=marker, disk=16 * MiB,
+                                                         outputs=("big",), timeout=60)))
+    try:
+        seen = await task_files_seen_from_the_host(marker, "filled", {"tmp": f"root{tmp_file}", "ws": "cwd/big"})
+    finally:
+        result = await task
+    assert seen["tmp"].st_size > 1 * MiB, seen                   # the task did write (a missing dd cannot pass)
+    assert seen["tmp"].st_size + seen["ws"].st_size <= 16 * MiB, seen
+    assert 0 < (workspace / "big").stat().st_size <= 16 * MiB or seen["ws"].st_size == 0
+    assert disk_use(workspace) <= 16 * MiB
+    assert [f.size_bytes for f in result.output_files if f.path == "big"] in ([], [seen["ws"].st_size])
+
+
+async def task_files_seen_from_the_host(marker: str, ready: str, files: dict[str, str]) -> dict[str, os.stat_result]:
+    """lstat ``files`` (paths under /proc/<pid>/: ``root/...`` or ``cwd/...``) of the task's shell once it
+    has made ``ready`` in its working directory; then tell it to go on (it waits for ``measured``)."""
+    for _ in range(400):
+        for pid in processes_with(marker):
+            proc = Path(f"/proc/{pid}")
+            try:
+                if (proc / "cwd" / ready).exists():
+                    seen = {name: os.lstat(proc / path) for name, path in files.items()}
+                    (proc / "cwd" / "measured").touch()
+                    for path in files.values():   # a host backend's /tmp is the host's: leave nothing there
+                        if path.startswith("root/tmp/"):
+                            (proc / path).unlink(missing_ok=True)
+                    return seen
+            except OSError:
+                continue
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the task never made {ready!r} (is it running?)")
+
+
+def disk_use(workspace: Path) -> int:
+    """Bytes of real blocks under ``workspace``, walked on the host without following links (du)."""
+    total = 0
+    for directory, dirs, files in os.walk(workspace):
+        for name in dirs + files:
+            total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total
+
+
+async def test_a_sparse_file_leaves_no_more_than_the_limit_on_the_host(backend, workspace):
+    script = f"{BB} truncate -s 200M sparse && {BB} dd if=/dev/zero of=dense bs=1048576 count=4 2>/dev/null; true"
+    await backend.execute(hostile(workspace, script, disk=16 * MiB))
+    assert (workspace / "sparse").stat().st_size == 200 * MiB     # the task did make it
+    assert (workspace / "dense").stat().st_size == 4 * MiB
+    assert disk_use(workspace) <= 16 * MiB
+
+
+@pytest.fixture
+def host_victims(tmp_path):
+    """A root-only directory on the host holding a root 0600 file, reached from the workspace by symlinks."""
+    directory = tmp_path / "host-dir"
+    directory.mkdir(mode=0o700)
+    victim = directory / "victim"
+    victim.write_text("host data")
+    victim.chmod(0o600)
+    yield directory, victim
+
+
+async def test_a_workspace_symlink_is_never_written_through(backend, workspace, host_victims):
+    """A workspace may hold links to anywhere (REAPI inputs); the task replaces them with its own files and
+    directories, a setuid one included. Nothing may reach the link's target on the host."""
+    directory, victim = host_victims
+    os.symlink(victim, workspace / "flink")
+    os.symlink(directory, workspace / "dlink")
+    script = (f"{BB} rm flink dlink && echo pwned > flink && {BB} mkdir dlink && echo pwned > dlink/victim && "
+              f"{BB} cp {BB} dlink/suid && {BB} chmod 4755 dlink/suid && echo pwned > dlink/new && echo replaced")
+    result = await backend.execute(hostile(workspace, script, disk=16 * MiB))
+    assert victim.read_text() == "host data" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert sorted(p.name for p in directory.iterdir()) == ["victim"]
+    assert b"replaced" in result.stdout, result                   # the task really did replace both links
 
 
 async def test_a_daemonized_grandchild_does_not_outlive_the_timeout(backend, workspace, marker):

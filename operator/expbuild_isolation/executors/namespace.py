@@ -17,8 +17,9 @@ Network: None gives a network namespace whose loopback stays *down* (even
 127.0.0.1 is unreachable); Localhost brings lo up, alone; Full shares the host
 network; Restricted is not offered (no per-task firewall here).
 
-Disk: with a disk limit the task runs in a host tmpfs of that size holding a
-copy of its workspace and its /tmp (``disk_limit.py``).
+Disk: with a disk limit the workspace moves onto a host tmpfs of that size,
+shared with the task's /tmp, and stays there until it is removed; nothing is
+copied back (``disk_limit.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from . import cgroups, linux, nsinit, seccomp
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    TerminationReason)
 from .config import NamespaceConfig
-from .disk_limit import chown_tree, copy_back_and_remove, make_disk, sweep_disks
+from .disk_limit import chown_tree, make_disk, release_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
 from .logs import BoundedBuffer
 from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
@@ -130,7 +131,7 @@ class NamespaceExecutor:
             nsinit.trace("x.ended", spare.slot)
             outcome["results"] = await _finish(outcome["readers"])
             if disk is not None:
-                await asyncio.to_thread(copy_back_and_remove, disk, request.workspace)
+                await asyncio.to_thread(release_disk, disk)
         nsinit.trace("x.done", spare.slot)
         if SPARES_PER_SHAPE > 0:
             POOL.want(shape)   # replaced now that this task is done, not while it starts

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import DEFAULT_OUTPUT_LIMIT, OutputFile
+from .disk_limit import unmount_workspace
 
 _CHUNK = 1 << 20
 
@@ -59,9 +60,11 @@ def place_inputs(workspace: Path, inputs: Iterable[InputBlob]) -> None:
 
 
 def remove_workspace(workspace: Path) -> None:
-    """Delete the workspace whatever the task did to it (read-only dirs included)."""
+    """Delete the workspace whatever the task did to it (read-only dirs included), and the disk-limited
+    tmpfs it may have become (``disk_limit.py``)."""
     if not workspace.exists():
         return
+    unmount_workspace(workspace)
 
     def _make_writable_and_retry(func, path, _exc):  # type: ignore[no-untyped-def]
         with contextlib.suppress(OSError):
