@@ -105,6 +105,23 @@ def cases(backend: str) -> dict:  # noqa: C901 - one closure per promise
                                                 limits=ResourceLimits(memory_bytes=32 << 20)))
         assert (result.exit_code, result.reason) == (137, TerminationReason.OOM_KILLED)
 
+    async def test_a_child_oom_killed_in_a_warm_container_is_reported(workspace):  # type: ignore[no-untyped-def]
+        """The shell goes on after the kernel killed its child; the warm path makes its cgroup ahead."""
+        executor = await usable(backend, pool_size=1)
+        hog = 'x=$(head -c 200000000 /dev/zero | tr "\\0" a)'
+        task = request(workspace, "sh", "-c", f"sh -c '{hog}'; echo child=$?",
+                       limits=ResourceLimits(memory_bytes=48 << 20))
+        try:
+            await executor.pool.fill(task)
+            assert executor.pool.ready_count() == 1
+            result = await executor.execute(task)
+            assert executor.pool.used, "the task did not run in the warm container"
+        finally:
+            await executor.close()
+        assert result.stdout == b"child=137\n", result
+        assert (result.exit_code, result.reason) == (137, TerminationReason.OOM_KILLED)
+        assert leftovers(executor) == []
+
     async def test_outputs_are_collected_and_symlinks_refused(executor, workspace):  # type: ignore[no-untyped-def]
         result = await executor.execute(request(
             workspace, "sh", "-c", "mkdir -p out && printf abc > out/a.txt && ln -s /etc/passwd out/link",

@@ -42,3 +42,28 @@ async def test_a_short_stdout_is_kept_whole_and_not_flagged(backend, workspace, 
     result = await backend.execute(hostile(workspace, f"echo out-{marker}; echo err-{marker} >&2"))
     assert (result.stdout, result.stderr) == (f"out-{marker}\n".encode(), f"err-{marker}\n".encode())
     assert not result.stdout_truncated and not result.stderr_truncated
+
+
+def claims_memory_limit(backend) -> None:  # type: ignore[no-untyped-def]
+    if not backend.executor.capabilities().supports_memory_limit:
+        pytest.skip(f"{backend.name} claims no memory limit (capabilities()), so it reports no OOM kills")
+
+
+async def test_a_child_killed_at_the_memory_limit_is_reported_as_oom_killed(backend, workspace):
+    """The shell goes on after the kernel kills its child: Docker and Podman said Completed."""
+    claims_memory_limit(backend)
+    hog = f'x=$({BB} head -c 200000000 /dev/zero | {BB} tr "\\0" a)'   # allocates in the child shell
+    script = f"{BB} sh -c '{hog}'; echo child=$?; echo survived"
+    result = await backend.execute(hostile(workspace, script, memory=64 * MiB, timeout=60))
+    assert b"survived" in result.stdout and b"child=137" in result.stdout, result   # SIGKILLed, shell went on
+    assert (result.reason, result.exit_code) == (TerminationReason.OOM_KILLED, 137), result
+    assert "memory limit" in result.message
+
+
+async def test_page_cache_at_the_memory_limit_is_not_an_oom_kill(backend, workspace):
+    """Writing more than the limit fills and reclaims page cache up to the limit: no process is killed."""
+    claims_memory_limit(backend)
+    script = f"{BB} dd if=/dev/zero of=file bs=1048576 count=160 2>/dev/null && echo wrote"
+    result = await backend.execute(hostile(workspace, script, memory=64 * MiB, timeout=60))
+    assert result.stdout == b"wrote\n", result
+    assert (result.reason, result.exit_code) == (TerminationReason.COMPLETED, 0), result

@@ -30,6 +30,7 @@ import socket
 import stat
 import time
 import uuid
+from dataclasses import replace
 
 import docker
 import docker.errors
@@ -38,7 +39,7 @@ import requests.exceptions
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
 from .config import DockerConfig
-from .cgroups import CgroupStats, pid_alive
+from .cgroups import pid_alive
 from .container_cgroup import ContainerCgroup, sweep_orphans
 from .container_logs import AttachedOutput
 from .docker_pool import WarmPool, sweep_slots
@@ -117,7 +118,7 @@ class DockerExecutor:
         placement = Placement(name, self.labels(request.task_id), cgroup.cgroup_parent, str(request.workspace))
         created: asyncio.Future | None = None
         try:
-            created = asyncio.ensure_future(asyncio.to_thread(self._create, request, limits, placement))
+            created = asyncio.ensure_future(asyncio.to_thread(self._create, request, limits, placement, cgroup))
             container = await asyncio.shield(created)
             return await self.run_container(container, request, cgroup, start=container.start)
         finally:
@@ -139,7 +140,9 @@ class DockerExecutor:
         return create_kwargs(request, limits, self.config, placement, seccomp=self.seccomp(request.seccomp_profile),
                              engine=self.name, **extra)
 
-    def _create(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement):  # type: ignore[no-untyped-def]
+    def _create(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement,  # type: ignore[no-untyped-def]
+                cgroup: ContainerCgroup):
+        limits = replace(limits, memory_bytes=cgroup.limit_memory(limits.memory_bytes))
         kwargs = self.create_arguments(request, limits, placement)
         try:
             return self.client().containers.create(**kwargs)
@@ -225,10 +228,11 @@ class DockerExecutor:
                 container.reload()
                 state = container.attrs.get("State", {})
         exit_code = int(state.get("ExitCode", code if isinstance(code, int) else -1))
-        oom = exit_code != 0 and self.was_oom_killed(state, exit_code, usage, request)
+        # Any process of the task killed at the memory limit, even one whose shell went on to exit 0.
+        oom = bool(state.get("OOMKilled")) or (usage is not None and usage.oom_killed)
         if timed_out:
             exit_code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
-        elif oom and exit_code != 0:
+        elif oom:
             exit_code, reason = 137, TerminationReason.OOM_KILLED
         elif exit_code == 0:
             reason = TerminationReason.COMPLETED
@@ -250,10 +254,6 @@ class DockerExecutor:
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                                output_files=tuple(files), output_problems=tuple(problems), stats=stats,
                                message=message)
-
-    def was_oom_killed(self, state: dict, exit_code: int, usage: CgroupStats | None,
-                       request: ExecutionRequest) -> bool:
-        return bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
 
     def _start_failed(self, request: ExecutionRequest, why: str) -> ExecutionResult:
         return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
