@@ -14,6 +14,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -43,8 +44,13 @@ def secret(tmp_path):
 
 async def test_a_secret_outside_the_workspace_cannot_be_read(backend, workspace, secret):
     token, paths = secret
-    script = "; ".join(f"{BB} cat {p}" for p in paths) + f"; {BB} cat /proc/1/root{paths[0]}; true"
+    control = f"readable-{uuid.uuid4().hex}"
+    (workspace / "control.txt").write_text(control)       # the same cat must read what the task may read
+    (workspace / "control.txt").chmod(0o644)
+    script = f"{BB} cat control.txt; " + "; ".join(f"{BB} cat {p}" for p in paths) + \
+        f"; {BB} cat /proc/1/root{paths[0]}; true"
     result = await backend.execute(hostile(workspace, script))
+    assert control.encode() in result.stdout, result      # the positive control: a missing cat cannot pass
     assert token.encode() not in result.stdout + result.stderr
     assert all(p.read_text() == token for p in paths)
 
@@ -63,20 +69,48 @@ async def test_nothing_is_written_outside_the_workspace(backend, workspace, tmp_
             target.unlink(missing_ok=True)
 
 
-async def test_a_server_on_the_hosts_loopback_is_unreachable(backend, workspace, tcp_server):
-    script = f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo rc=$?"
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def nc_round_trip(port: int, word: str) -> str:
+    """Shell: a listener on the sandbox's own loopback writes what it gets to ``got`` in the workspace, and
+    the probe's nc sends ``word`` to it: the positive control that nc works and reaches what it may."""
+    return (f"{BB} nc -l -p {port} > got & {BB} sleep 0.3; echo {word} | {BB} nc -w 2 127.0.0.1 {port}; wait; ")
+
+
+def reached_from_the_host(server, address: str) -> None:  # type: ignore[no-untyped-def]
+    """The server really counts connections (the other positive control): one from the host itself."""
+    socket.create_connection((address, server.port), timeout=2).close()
+    for _ in range(50):
+        if server.connections:
+            break
+        time.sleep(0.02)
+    assert server.connections == 1
+
+
+async def test_a_server_on_the_hosts_loopback_is_unreachable(backend, workspace, tcp_server, marker):
+    reached_from_the_host(tcp_server, "127.0.0.1")
+    script = nc_round_trip(free_port(), marker) + f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo rc=$?"
     result = await backend.execute(hostile(workspace, script, network=NetworkMode.LOCALHOST))
     await asyncio.sleep(0.2)
-    assert tcp_server.connections == 0, result.stdout
+    assert (workspace / "got").read_text() == f"{marker}\n", result    # nc worked on the sandbox's loopback
+    assert tcp_server.connections == 1, result.stdout
 
 
-async def test_network_none_reaches_nothing(backend, workspace, tcp_server):
+async def test_network_none_reaches_nothing(backend, workspace, tcp_server, marker):
     address = host_address()
+    reached_from_the_host(tcp_server, address)
+    control = await backend.execute(hostile(workspace, nc_round_trip(free_port(), marker),
+                                            network=NetworkMode.LOCALHOST))
+    assert (workspace / "got").read_text() == f"{marker}\n", control   # the same nc works in this sandbox
     script = (f"echo hi | {BB} nc -w 2 {address} {tcp_server.port}; echo a=$?; "
               f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo b=$?")
     result = await backend.execute(hostile(workspace, script, network=NetworkMode.NONE))
     await asyncio.sleep(0.2)
-    assert tcp_server.connections == 0, result.stdout
+    assert tcp_server.connections == 1, result.stdout
 
 
 async def test_a_fork_bomb_is_contained(backend, workspace, marker):
