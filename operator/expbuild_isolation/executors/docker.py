@@ -3,10 +3,11 @@
 Lifecycle of one task: create (or take a warm container) -> attach to its
 output (``container_logs.py``: each stream's tail, read live) -> start -> wait
 with the deadline -> on timeout kill (exit 124) -> exit state and OOM kills
-(exit 137) -> stats from the task's parent cgroup -> outputs -> remove. Removal happens on every path, cancellation included: the
-container has a name before it exists, so a create still in flight when the
-task is cancelled is awaited and then removed. Nothing relies on auto_remove,
-which races with reading logs and state.
+(exit 137) -> stats from the task's parent cgroup -> outputs -> remove.
+Removal happens on every path, cancellation included: the container has a
+name before it exists, so a create still in flight when the task is cancelled
+is awaited and then removed. Nothing relies on auto_remove, which races with
+reading the state.
 
 Blocking SDK calls run in threads (``asyncio.to_thread``); the long ``wait`` of
 each task runs in this executor's own thread pool, so that many concurrent tasks
