@@ -100,6 +100,12 @@ def cases(backend: str) -> dict:  # noqa: C901 - one closure per promise
         assert result.stats.duration_seconds < 10
         assert [n for n in leftovers(executor) if not executor.pool or not executor.pool.owns(n)] == []
 
+    async def test_a_huge_timeout_runs_the_task(executor, workspace):  # type: ignore[no-untyped-def]
+        """A request built directly (the API bounds timeout, this library does not) must still run."""
+        result = await executor.execute(request(workspace, "sh", "-c", "echo ran",
+                                                timeout_seconds=999999999999 * 3600.0))
+        assert (result.reason, result.stdout) == (TerminationReason.COMPLETED, b"ran\n"), result
+
     async def test_memory_past_the_limit_ends_in_oom_killed(executor, workspace):  # type: ignore[no-untyped-def]
         result = await executor.execute(request(workspace, "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
                                                 limits=ResourceLimits(memory_bytes=32 << 20)))

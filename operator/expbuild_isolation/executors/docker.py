@@ -51,6 +51,7 @@ from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+_LONGEST_WAIT = 7 * 24 * 3600.0  # the API's own bound on spec.timeout
 _OUTPUT_GRACE_SECONDS = 10.0  # how long after the exit the engine may take to close the attached output
 
 
@@ -165,7 +166,9 @@ class DockerExecutor:
         ``start`` runs on the loop without a thread hop.
         """
         loop = asyncio.get_running_loop()
-        wait_call = functools.partial(container.wait, timeout=request.timeout_seconds + 120)
+        # The daemon's answer comes at the exit, or after the kill at the deadline; the socket's own timeout
+        # only guards against a daemon that never answers (and must fit a time_t: 10**15 s does not).
+        wait_call = functools.partial(container.wait, timeout=min(request.timeout_seconds, _LONGEST_WAIT) + 120)
         try:
             output = await asyncio.to_thread(self._attach, container, request.log_limit_bytes)
         except docker.errors.APIError as exc:   # Podman prepares (runc create) a container to attach to it
