@@ -64,3 +64,17 @@ def test_the_sweep_unmounts_the_disks_of_a_dead_worker(tmp_path):
     finally:
         for point in (mine, theirs):
             subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+
+
+async def test_inputs_larger_than_the_disk_limit_are_a_clear_start_failure():
+    workspace = create_workspace()
+    (workspace / "big").write_bytes(b"x" * (2 * MiB))
+    try:
+        result = await NamespaceExecutor(NamespaceConfig(cgroup_parent="expbuild-test")).execute(ExecutionRequest(
+            task_id=f"t-{uuid.uuid4().hex[:6]}", argv=("/bin/sh", "-c", "echo ran"), workspace=workspace,
+            limits=ResourceLimits(disk_bytes=1 * MiB)))
+        assert (result.reason, result.exit_code) == (TerminationReason.START_FAILED, 127), result
+        assert result.message.startswith("spec.resources.disk:") and str(2 * MiB) in result.message
+        assert disk_mounts() == [] and list(disk_limit.DISK_ROOT.iterdir()) == []
+    finally:
+        remove_workspace(workspace)

@@ -16,12 +16,13 @@ crashed worker left, wherever it was mounted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
 
 from . import cgroups
-from .base import ExecutionRequest
+from .base import ExecutionRequest, ExecutorError
 from .linux import MS_BIND, MS_NODEV, MS_NOSUID, mount, umount
 from .sandbox_root import LAUNCH_ROOT
 
@@ -38,7 +39,7 @@ def make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
     mount(f"{SOURCE}.{os.getpid()}", str(disk), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
     try:
         # The workspace holds only the caller's inputs yet: copied as they are, links as links.
-        shutil.copytree(request.workspace, disk / "ws", symlinks=True, dirs_exist_ok=True)
+        _copy_inputs(request.workspace, disk / "ws", size)
         (disk / "tmp").mkdir(mode=0o1777)
         os.chmod(disk / "tmp", 0o1777)
         if request.run_as_user is not None:
@@ -48,6 +49,21 @@ def make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
         _remove_disk(disk)
         raise
     return disk
+
+
+class DiskTooSmall(ExecutorError):
+    """The task's inputs alone do not fit its disk limit; the message names spec.resources.disk."""
+
+
+def _copy_inputs(workspace: Path, target: Path, size: int) -> None:
+    try:
+        shutil.copytree(workspace, target, symlinks=True, dirs_exist_ok=True)
+    except (shutil.Error, OSError) as exc:
+        if getattr(exc, "errno", None) != errno.ENOSPC and f"[Errno {errno.ENOSPC}]" not in str(exc):
+            raise
+        inputs = sum(os.lstat(os.path.join(d, n)).st_size for d, _, names in os.walk(workspace) for n in names)
+        raise DiskTooSmall(f"spec.resources.disk: the task's inputs ({inputs} bytes) do not fit its disk limit "
+                           f"of {size} bytes (the workspace and /tmp share it)") from None
 
 
 def chown_tree(root: Path, uid: int) -> None:
@@ -87,8 +103,12 @@ def sweep_disks() -> None:
 
 def _disk_mounts() -> list[tuple[str, str]]:
     """(mount point, owner pid) of every disk tmpfs in this mount namespace, from /proc/self/mountinfo."""
-    found = []
-    with open("/proc/self/mountinfo") as handle:
+    found: list[tuple[str, str]] = []
+    try:
+        handle = open("/proc/self/mountinfo")
+    except FileNotFoundError:   # not Linux: nothing can be mounted by us
+        return found
+    with handle:
         for line in handle:
             fields, _, after = line.partition(" - ")
             kind = after.split()

@@ -37,7 +37,7 @@ from . import cgroups, linux, nsinit, seccomp
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    TerminationReason)
 from .config import NamespaceConfig
-from .disk_limit import chown_tree, make_disk, release_disk, sweep_disks
+from .disk_limit import DiskTooSmall, chown_tree, make_disk, release_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
 from .logs import BoundedBuffer
 from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
@@ -111,7 +111,12 @@ class NamespaceExecutor:
         try:
             workspace = request.workspace
             if limits.disk_bytes is not None:
-                disk = await asyncio.to_thread(make_disk, f"{unique[1:]}.{os.getpid()}", request, limits.disk_bytes)
+                try:
+                    disk = await asyncio.to_thread(make_disk, f"{unique[1:]}.{os.getpid()}", request,
+                                                   limits.disk_bytes)
+                except DiskTooSmall as exc:
+                    return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
+                                           isolation_level=self.isolation_level(), message=str(exc))
                 workspace = disk / "ws"
             elif request.run_as_user is not None:
                 await asyncio.to_thread(chown_tree, workspace, request.run_as_user)
