@@ -78,7 +78,9 @@ def free_port() -> int:
 def nc_round_trip(port: int, word: str) -> str:
     """Shell: a listener on the sandbox's own loopback writes what it gets to ``got`` in the workspace, and
     the probe's nc sends ``word`` to it: the positive control that nc works and reaches what it may."""
-    return (f"{BB} nc -l -p {port} > got & {BB} sleep 0.3; echo {word} | {BB} nc -w 2 127.0.0.1 {port}; wait; ")
+    return (f"{BB} nc -l -p {port} > got & i=0; while [ ! -s got ] && [ $i -lt 50 ]; do "   # until it listens
+            f"echo {word} | {BB} nc -w 1 127.0.0.1 {port}; {BB} sleep 0.1; i=$((i+1)); done; "
+            f"kill $! 2>/dev/null; wait; ")
 
 
 def reached_from_the_host(server, address: str) -> None:  # type: ignore[no-untyped-def]

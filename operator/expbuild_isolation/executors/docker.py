@@ -165,10 +165,6 @@ class DockerExecutor:
         non-blocking write): the wait is issued first, so the daemon's answer does not queue behind it, and
         ``start`` runs on the loop without a thread hop.
         """
-        loop = asyncio.get_running_loop()
-        # The daemon's answer comes at the exit, or after the kill at the deadline; the socket's own timeout
-        # only guards against a daemon that never answers (and must fit a time_t: 10**15 s does not).
-        wait_call = functools.partial(container.wait, timeout=min(request.timeout_seconds, _LONGEST_WAIT) + 120)
         try:
             output = await asyncio.to_thread(self._attach, container, request.log_limit_bytes)
         except docker.errors.APIError as exc:   # Podman prepares (runc create) a container to attach to it
@@ -176,34 +172,43 @@ class DockerExecutor:
             return self._start_failed(request, why)
         began = time.monotonic()
         try:
-            if running:
-                waiting = loop.run_in_executor(self._waits, wait_call)
-                try:
-                    start()
-                except BaseException:
-                    waiting.cancel()  # the caller removes the container, which ends a wait already sent
-                    raise
-            else:
-                try:
-                    await asyncio.to_thread(start)
-                except docker.errors.APIError as exc:
-                    output.close()
-                    return self._start_failed(request, str(exc.explanation or exc))
-                waiting = loop.run_in_executor(self._waits, wait_call)
-            timed_out = False
-            try:
-                status = await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds)
-            except TimeoutError:
-                timed_out = True
-                with contextlib.suppress(docker.errors.APIError):
-                    await asyncio.to_thread(container.kill)
-                status = await waiting
+            status, timed_out = await self._start_and_wait(container, request, start, running)
+        except _StartRefused as exc:
+            output.close()
+            return self._start_failed(request, str(exc))
         except BaseException:
             output.close()
             raise
         duration = time.monotonic() - began
         # One thread hop for everything after the exit (the attached output has ended or ends meanwhile).
         return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration, output)
+
+    async def _start_and_wait(self, container, request: ExecutionRequest, start,  # type: ignore[no-untyped-def]
+                              running: bool) -> tuple[dict, bool]:
+        """(the engine's wait answer, whether the deadline killed it)."""
+        loop = asyncio.get_running_loop()
+        # The daemon's answer comes at the exit, or after the kill at the deadline; the socket's own timeout
+        # only guards against a daemon that never answers (and must fit a time_t: 10**15 s does not).
+        wait_call = functools.partial(container.wait, timeout=min(request.timeout_seconds, _LONGEST_WAIT) + 120)
+        if running:
+            waiting = loop.run_in_executor(self._waits, wait_call)
+            try:
+                start()
+            except BaseException:
+                waiting.cancel()  # the caller removes the container, which ends a wait already sent
+                raise
+        else:
+            try:
+                await asyncio.to_thread(start)
+            except docker.errors.APIError as exc:
+                raise _StartRefused(str(exc.explanation or exc)) from None
+            waiting = loop.run_in_executor(self._waits, wait_call)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds), False
+        except TimeoutError:
+            with contextlib.suppress(docker.errors.APIError):
+                await asyncio.to_thread(container.kill)
+            return await waiting, True
 
     def _attach(self, container, limit: int) -> AttachedOutput:  # type: ignore[no-untyped-def]
         try:
@@ -402,6 +407,10 @@ class DockerExecutor:
         sweep_orphans(self.cgroup_top, alive)
         sweep_slots(self.name)
         return removed
+
+
+class _StartRefused(Exception):
+    """The engine refused to start the container (say, a missing executable); the message is its reason."""
 
 
 def _owner_alive(owner: str) -> bool:
