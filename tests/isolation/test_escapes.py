@@ -77,10 +77,14 @@ def free_port() -> int:
 
 def nc_round_trip(port: int, word: str) -> str:
     """Shell: a listener on the sandbox's own loopback writes what it gets to ``got`` in the workspace, and
-    the probe's nc sends ``word`` to it: the positive control that nc works and reaches what it may."""
-    return (f"{BB} nc -l -p {port} > got & i=0; while [ ! -s got ] && [ $i -lt 50 ]; do "   # until it listens
-            f"echo {word} | {BB} nc -w 1 127.0.0.1 {port}; {BB} sleep 0.1; i=$((i+1)); done; "
-            f"kill $! 2>/dev/null; wait; ")
+    the probe's nc sends ``word`` to it: the positive control that nc works and reaches what it may.
+
+    The listener's stdin is held open (a background job's is /dev/null: busybox nc then half-closes at once
+    and a client seeing that EOF quits before sending); the client retries until the listener is up. The
+    sleep feeding the listener ends with the task."""
+    return (f"({BB} sleep 60 | {BB} nc -l -p {port} > got 2> listener.err) & i=0; "
+            f"while [ ! -s got ] && [ $i -lt 100 ]; do "
+            f"echo {word} | {BB} nc -w 1 127.0.0.1 {port}; {BB} sleep 0.1; i=$((i+1)); done; echo tries=$i; ")
 
 
 def reached_from_the_host(server, address: str) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +102,7 @@ async def test_a_server_on_the_hosts_loopback_is_unreachable(backend, workspace,
     script = nc_round_trip(free_port(), marker) + f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo rc=$?"
     result = await backend.execute(hostile(workspace, script, network=NetworkMode.LOCALHOST))
     await asyncio.sleep(0.2)
-    assert (workspace / "got").read_text() == f"{marker}\n", result    # nc worked on the sandbox's loopback
+    assert (workspace / "got").read_text() == f"{marker}\n", (result.stdout, (workspace / "listener.err").read_text())
     assert tcp_server.connections == 1, result.stdout
 
 
@@ -107,7 +111,7 @@ async def test_network_none_reaches_nothing(backend, workspace, tcp_server, mark
     reached_from_the_host(tcp_server, address)
     control = await backend.execute(hostile(workspace, nc_round_trip(free_port(), marker),
                                             network=NetworkMode.LOCALHOST))
-    assert (workspace / "got").read_text() == f"{marker}\n", control   # the same nc works in this sandbox
+    assert (workspace / "got").read_text() == f"{marker}\n", (control.stdout, (workspace / "listener.err").read_text())
     script = (f"echo hi | {BB} nc -w 2 {address} {tcp_server.port}; echo a=$?; "
               f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo b=$?")
     result = await backend.execute(hostile(workspace, script, network=NetworkMode.NONE))
