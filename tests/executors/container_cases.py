@@ -100,10 +100,33 @@ def cases(backend: str) -> dict:  # noqa: C901 - one closure per promise
         assert result.stats.duration_seconds < 10
         assert [n for n in leftovers(executor) if not executor.pool or not executor.pool.owns(n)] == []
 
+    async def test_a_huge_timeout_runs_the_task(executor, workspace):  # type: ignore[no-untyped-def]
+        """A request built directly (the API bounds timeout, this library does not) must still run."""
+        result = await executor.execute(request(workspace, "sh", "-c", "echo ran",
+                                                timeout_seconds=999999999999 * 3600.0))
+        assert (result.reason, result.stdout) == (TerminationReason.COMPLETED, b"ran\n"), result
+
     async def test_memory_past_the_limit_ends_in_oom_killed(executor, workspace):  # type: ignore[no-untyped-def]
         result = await executor.execute(request(workspace, "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
                                                 limits=ResourceLimits(memory_bytes=32 << 20)))
         assert (result.exit_code, result.reason) == (137, TerminationReason.OOM_KILLED)
+
+    async def test_a_child_oom_killed_in_a_warm_container_is_reported(workspace):  # type: ignore[no-untyped-def]
+        """The shell goes on after the kernel killed its child; the warm path makes its cgroup ahead."""
+        executor = await usable(backend, pool_size=1)
+        hog = 'x=$(head -c 200000000 /dev/zero | tr "\\0" a)'
+        task = request(workspace, "sh", "-c", f"sh -c '{hog}'; echo child=$?",
+                       limits=ResourceLimits(memory_bytes=48 << 20))
+        try:
+            await executor.pool.fill(task)
+            assert executor.pool.ready_count() == 1
+            result = await executor.execute(task)
+            assert executor.pool.used, "the task did not run in the warm container"
+        finally:
+            await executor.close()
+        assert result.stdout == b"child=137\n", result
+        assert (result.exit_code, result.reason) == (137, TerminationReason.OOM_KILLED)
+        assert leftovers(executor) == []
 
     async def test_outputs_are_collected_and_symlinks_refused(executor, workspace):  # type: ignore[no-untyped-def]
         result = await executor.execute(request(

@@ -3,6 +3,7 @@
 
 import os
 
+
 import pytest
 
 from container_cases import cases, make, request, required, usable
@@ -44,3 +45,17 @@ async def test_a_task_runs_under_gvisor():
     assert result.isolation_level == IsolationLevel.VM
     # the same task under runc meets the host's kernel: the check above can tell the two apart
     assert b"gVisor" not in control.stdout and control.stdout.decode().splitlines()[-2] == os.uname().release
+
+
+def test_the_working_directory_is_not_created_through_a_workspace_symlink(tmp_path):
+    """prepare_workspace runs as root on the host before the container exists (no daemon needed here)."""
+    from expbuild_isolation.executors.base import ExecutionRequest
+    from expbuild_isolation.executors.workspace import WorkspaceError
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    os.symlink(outside, workspace / "src")
+    with pytest.raises(WorkspaceError, match="'src' is a symlink"):
+        make("docker").prepare_workspace(ExecutionRequest(task_id="t", argv=("true",), workspace=workspace,
+                                                          working_dir="src/build"))
+    assert list(outside.iterdir()) == []

@@ -128,3 +128,86 @@ def test_capabilities_are_honest():
     assert not (caps.supports_memory_limit or caps.supports_cpu_limit or caps.supports_pids_limit
                 or caps.supports_disk_limit or caps.supports_readonly_rootfs)
     assert caps.network_policies == frozenset({NetworkMode.FULL})
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL what a failed test left running (so one failure does not leak into the next test)."""
+    found = processes_with(marker)
+    for pid in found:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    return found
+
+
+async def test_a_huge_timeout_runs_the_task_and_leaves_no_process(workspace):
+    """999999999999h overflowed sigtimedwait: the reaper died with a traceback and its tree was orphaned."""
+    marker = f"xt-huge-{uuid.uuid4().hex}"
+    script = f"(setsid sh -c 'sleep 300 # {marker}' > /dev/null 2>&1 &); sleep 0.2; echo done"
+    try:
+        result = await HostExecutor().execute(request(workspace, "sh", "-c", script,
+                                                      timeout_seconds=999999999999 * 3600.0))
+        await asyncio.sleep(0.2)
+        assert processes_with(marker) == []
+    finally:
+        kill_marked(marker)
+    assert (result.exit_code, result.reason, result.stdout) == (0, TerminationReason.COMPLETED, b"done\n")
+    assert b"Traceback" not in result.stderr and "Traceback" not in result.message
+
+
+async def test_a_task_that_signals_its_reaper_still_loses_its_whole_tree(workspace):
+    """SIGUSR1/SIGHUP (default action: terminate) killed the reaper and orphaned the task's processes."""
+    marker = f"xt-usr1-{uuid.uuid4().hex}"
+    script = f"(setsid sh -c 'sleep 300 # {marker}' > /dev/null 2>&1 &); sleep 0.2; kill -USR1 $PPID; sleep 30"
+    try:
+        result = await HostExecutor().execute(request(workspace, "sh", "-c", script, timeout_seconds=20))
+        await asyncio.sleep(0.2)
+        assert processes_with(marker) == []
+    finally:
+        kill_marked(marker)
+    assert result.reason is TerminationReason.NON_ZERO_EXIT and "SIGUSR1" in result.message, result
+    assert result.stats.duration_seconds < 10
+
+
+def run_reaper(job: dict) -> tuple[int, str, dict]:
+    """reaper.py run by hand with ``job`` on stdin; returns (exit status, stderr, its report)."""
+    import json
+    import subprocess
+    import sys
+
+    from expbuild_isolation.executors import host
+    report_read, report_write = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-S", str(host._REAPER)],  # noqa: SLF001
+                              input=json.dumps({**job, "report_fd": report_write}).encode(),
+                              capture_output=True, pass_fds=(report_write,), timeout=30)
+    finally:
+        os.close(report_write)
+    with os.fdopen(report_read) as handle:
+        text = handle.read()
+    return proc.returncode, proc.stderr.decode(), json.loads(text) if text else {}
+
+
+@pytest.mark.parametrize("timeout", ["soon", float("nan"), -1, None])
+def test_a_job_the_reaper_cannot_time_is_refused_before_anything_runs(workspace, timeout):
+    marker = f"xt-badjob-{uuid.uuid4().hex}"
+    job = {"argv": ["sh", "-c", f"(setsid sh -c 'sleep 300 # {marker}' > /dev/null 2>&1 &); sleep 300"],
+           "env": {"PATH": "/usr/bin:/bin"}, "cwd": str(workspace), "timeout": timeout, "rlimits": {}}
+    try:
+        code, stderr, report = run_reaper(job)
+        time.sleep(0.3)
+        assert processes_with(marker) == []
+    finally:
+        kill_marked(marker)
+    assert "Traceback" not in stderr
+    assert "timeout" in report.get("error", ""), report
+
+
+async def test_the_working_directory_is_not_created_through_a_workspace_symlink(workspace, tmp_path):
+    os.symlink(tmp_path, workspace / "src")                # e.g. a REAPI input symlink with any target
+    result = await HostExecutor().execute(request(workspace, "sh", "-c", "pwd", working_dir="src/build"))
+    assert list(tmp_path.iterdir()) == []
+    assert result.reason is TerminationReason.START_FAILED and "'src' is a symlink" in result.message, result
+    made = await HostExecutor().execute(request(workspace, "sh", "-c", "pwd", working_dir="real/build"))
+    assert made.stdout.decode().strip() == str(workspace / "real" / "build")      # the positive control

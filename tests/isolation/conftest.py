@@ -52,15 +52,15 @@ class ControlFailed(Exception):
 
 _HOST_SHARES = "the host executor runs on the host: Process isolation, no namespaces"
 EXPECTED: dict[tuple[str, str], str | Skip] = {
-    ("host", "secret_read"): _HOST_SHARES + " (shares the filesystem)",
-    ("host", "write_outside"): _HOST_SHARES + " (shares the filesystem)",
+    ("host", "secret_read"): _HOST_SHARES + " (shares the filesystem: it reads what any user may, even as nobody)",
+    ("host", "write_outside"): _HOST_SHARES + " (shares the filesystem: it writes where any user may, even as nobody)",
     ("host", "tcp_to_host"): _HOST_SHARES + " (shares the network)",
     ("host", "network_none"): _HOST_SHARES + " (shares the network)",
-    ("host", "fork_bomb"): Skip("the host executor has no pids limit; as root a fork bomb would take the machine down"),
+    ("host", "fork_bomb"): Skip("the host executor has no pids limit; a fork bomb would take the machine down"),
     ("host", "memory"): _HOST_SHARES + " (no memory limit)",
     ("host", "disk"): _HOST_SHARES + " (no disk limit)",
     ("host", "default_seccomp"): _HOST_SHARES + " (no seccomp)",
-    ("host", "setuid"): _HOST_SHARES + " (runs as the worker's user, no no_new_privs)",
+    ("host", "setuid"): _HOST_SHARES + " (runs as runAsUser, but without no_new_privs a setuid binary raises it)",
     ("host", "host_processes"): _HOST_SHARES + " (shares the PID namespace)",
     ("host", "hostname"): Skip("the host executor shares the UTS namespace; the attack would rename this machine"),
 }
@@ -122,6 +122,8 @@ ATTACK_NAMES = {
     "a_fork_bomb_is_contained": "fork_bomb",
     "allocating_past_the_memory_limit_is_oom_killed": "memory",
     "filling_the_disk_stops_at_the_limit": "disk",
+    "a_sparse_file_leaves_no_more_than_the_limit_on_the_host": "sparse_disk",
+    "a_workspace_symlink_is_never_written_through": "workspace_symlink",
     "a_daemonized_grandchild_does_not_outlive_the_timeout": "daemon",
     "default_seccomp_refuses_user_namespaces_and_kernel_attack_surface": "default_seccomp",
     "setuid_binaries_do_not_raise_privileges": "setuid",

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from expbuild_isolation.api.task import IsolationLevel, NetworkMode
+from expbuild_isolation.api.task import NetworkMode
 from expbuild_isolation.executors.base import ExecutionRequest, ExecutorCapabilities
 from expbuild_isolation.executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 from expbuild_isolation.executors.docker import DockerExecutor
@@ -197,12 +197,14 @@ TRAILER = """
 | network None / Localhost | not enforced (only Full offered) | own net namespace; None keeps even loopback down | `network_mode = "none"` (loopback only, for both) | NetworkPolicy denying all ingress and egress (only as good as the CNI's NetworkPolicy support) |
 | network Restricted | ✘ | ✘ | ✘ | NetworkPolicy egress to the allowed CIDRs (TCP port when given); hostnames only with `EXPBUILD_FQDN_POLICIES=true` (Cilium `toFQDNs`) |
 | pids | ✘ | cgroup `pids.max` | engine `pids_limit` | ✘ per task (only the kubelet's node-wide pod pids limit); `auto` sends tasks with `resources.pids` to a node agent |
-| disk | ✘ | workspace copied into a tmpfs of that size, shared with /tmp | ✘ (refused up front) | `ephemeral-storage` limit and emptyDir `sizeLimit`: the kubelet evicts after the fact; `EXPBUILD_HARD_DISK_LIMITS=true` sends such tasks to an agent |
+| disk | ✘ | the workspace itself moves onto a tmpfs of that size, shared with /tmp, until it is removed (nothing is copied back) | ✘ (refused up front) | `ephemeral-storage` limit and emptyDir `sizeLimit`: the kubelet evicts after the fact; `EXPBUILD_HARD_DISK_LIMITS=true` sends such tasks to an agent |
 | timeout, detached grandchildren | `reaper.py` (a child subreaper) kills the whole tree | everything left in the task's cgroup is killed | the container is killed | `activeDeadlineSeconds`: the kubelet kills the pod, so every process in it; the supervisor forwards TERM to the command |
 | no_new_privs, capabilities | ✘ | no_new_privs, no capabilities | `no-new-privileges`, `cap_drop ALL` | PSA restricted: `allowPrivilegeEscalation: false`, drop ALL, `runAsNonRoot`, uid 0 refused |
 | seccomp | ✘ | libseccomp filter from the project's profiles | OCI JSON from the same profiles | `RuntimeDefault`, or `Localhost` (the project's profiles, installed by the node agent); `Unconfined` only with minimum None (pod annotated privileged) |
 | user namespace | ✘ | ✘ (the executor needs root; no unprivileged user-namespace mode) | docker: ✘ (unless the daemon remaps); podman: `userns` (auto, keep-id, nomap) or `rootless` | whatever the node's runtime does |
 | output symlinks | refused (outputs are opened without following links) | refused | refused | the supervisor follows links inside the pod only (it cannot see the node); digests only |
+| OOM kills | ✘ (no memory limit) | the task cgroup's counter | the task's parent cgroup: v2 `memory.events`; v1 an OOM notification on the parent, which holds the limit | `OOMKilled` as the kubelet reports the container |
+| log tails | the last bytes of stdout and of stderr | the same | the same, read live through the engine's attach stream | the pod log's last bytes, stdout and stderr mixed |
 | stats reported | CPU time and peak RSS from rusage | cgroup CPU time, peak memory, block I/O | the container's cgroup: CPU time, peak memory, block I/O | CPU time and peak memory from the cgroup the supervisor sees, self-reported (below) |
 
 For the Job path, two kinds of facts reach the status. From the kubelet and the Job controller (trusted):

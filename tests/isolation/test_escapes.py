@@ -8,10 +8,14 @@ declared in ``conftest.EXPECTED``.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -28,29 +32,40 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def secret(tmp_path):
-    """A secret in /root and one in a host temp dir, both outside the workspace."""
+def secret():
+    """A secret in /root and one any user of this host may read (/tmp/<dir 0755>/secret.txt), both outside the
+    workspace: a backend that shares the host's files (host, even as nobody) reads the second."""
     token = f"s3cret-{uuid.uuid4().hex}"
-    paths = [Path("/root") / f".expbuild-secret-{uuid.uuid4().hex[:8]}", tmp_path / "secret.txt"]
+    shared = Path(tempfile.mkdtemp(prefix="expbuild-secret-"))
+    shared.chmod(0o755)
+    paths = [Path("/root") / f".expbuild-secret-{uuid.uuid4().hex[:8]}", shared / "secret.txt"]
     for path in paths:
         path.write_text(token)
         path.chmod(0o644)
     yield token, paths
-    for path in paths:
-        path.unlink(missing_ok=True)
+    paths[0].unlink(missing_ok=True)
+    shutil.rmtree(shared)
 
 
 async def test_a_secret_outside_the_workspace_cannot_be_read(backend, workspace, secret):
     token, paths = secret
-    script = "; ".join(f"{BB} cat {p}" for p in paths) + f"; {BB} cat /proc/1/root{paths[0]}; true"
+    control = f"readable-{uuid.uuid4().hex}"
+    (workspace / "control.txt").write_text(control)       # the same cat must read what the task may read
+    (workspace / "control.txt").chmod(0o644)
+    script = f"{BB} cat control.txt; " + "; ".join(f"{BB} cat {p}" for p in paths) + \
+        f"; {BB} cat /proc/1/root{paths[0]}; true"
     result = await backend.execute(hostile(workspace, script))
+    assert control.encode() in result.stdout, result      # the positive control: a missing cat cannot pass
     assert token.encode() not in result.stdout + result.stderr
     assert all(p.read_text() == token for p in paths)
 
 
-async def test_nothing_is_written_outside_the_workspace(backend, workspace, tmp_path):
-    tmp_path.chmod(0o777)
-    targets = [Path("/root") / f".expbuild-escape-{uuid.uuid4().hex[:8]}", tmp_path / "escape",
+async def test_nothing_is_written_outside_the_workspace(backend, workspace):
+    # One target any user of this host may write (a 1777 directory in /tmp): a backend sharing the host's
+    # files writes it whatever user it runs the task as.
+    shared = Path(tempfile.mkdtemp(prefix="expbuild-escape-"))
+    shared.chmod(0o1777)
+    targets = [Path("/root") / f".expbuild-escape-{uuid.uuid4().hex[:8]}", shared / "escape",
                Path("/etc") / f"expbuild-escape-{uuid.uuid4().hex[:8]}", Path("/usr/bin/expbuild-escape")]
     script = "; ".join(f"echo pwned > {t}" for t in targets) + "; echo ok > inside; true"
     try:
@@ -60,22 +75,57 @@ async def test_nothing_is_written_outside_the_workspace(backend, workspace, tmp_
     finally:
         for target in targets:
             target.unlink(missing_ok=True)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
-async def test_a_server_on_the_hosts_loopback_is_unreachable(backend, workspace, tcp_server):
-    script = f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo rc=$?"
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def nc_round_trip(port: int, word: str) -> str:
+    """Shell: a listener on the sandbox's own loopback writes what it gets to ``got`` in the workspace, and
+    the probe's nc sends ``word`` to it: the positive control that nc works and reaches what it may.
+
+    The listener's stdin is held open (a background job's is /dev/null: busybox nc then half-closes at once
+    and a client seeing that EOF quits before sending); the client retries until the listener is up. The
+    sleep feeding the listener ends with the task."""
+    return (f"({BB} sleep 60 | {BB} nc -l -p {port} > got 2> listener.err) & i=0; "
+            f"while [ ! -s got ] && [ $i -lt 100 ]; do "
+            f"echo {word} | {BB} nc -w 1 127.0.0.1 {port}; {BB} sleep 0.1; i=$((i+1)); done; echo tries=$i; ")
+
+
+def reached_from_the_host(server, address: str) -> None:  # type: ignore[no-untyped-def]
+    """The server really counts connections (the other positive control): one from the host itself."""
+    socket.create_connection((address, server.port), timeout=2).close()
+    for _ in range(50):
+        if server.connections:
+            break
+        time.sleep(0.02)
+    assert server.connections == 1
+
+
+async def test_a_server_on_the_hosts_loopback_is_unreachable(backend, workspace, tcp_server, marker):
+    reached_from_the_host(tcp_server, "127.0.0.1")
+    script = nc_round_trip(free_port(), marker) + f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo rc=$?"
     result = await backend.execute(hostile(workspace, script, network=NetworkMode.LOCALHOST))
     await asyncio.sleep(0.2)
-    assert tcp_server.connections == 0, result.stdout
+    assert (workspace / "got").read_text() == f"{marker}\n", (result.stdout, (workspace / "listener.err").read_text())
+    assert tcp_server.connections == 1, result.stdout
 
 
-async def test_network_none_reaches_nothing(backend, workspace, tcp_server):
+async def test_network_none_reaches_nothing(backend, workspace, tcp_server, marker):
     address = host_address()
+    reached_from_the_host(tcp_server, address)
+    control = await backend.execute(hostile(workspace, nc_round_trip(free_port(), marker),
+                                            network=NetworkMode.LOCALHOST))
+    assert (workspace / "got").read_text() == f"{marker}\n", (control.stdout, (workspace / "listener.err").read_text())
     script = (f"echo hi | {BB} nc -w 2 {address} {tcp_server.port}; echo a=$?; "
               f"echo hi | {BB} nc -w 2 127.0.0.1 {tcp_server.port}; echo b=$?")
     result = await backend.execute(hostile(workspace, script, network=NetworkMode.NONE))
     await asyncio.sleep(0.2)
-    assert tcp_server.connections == 0, result.stdout
+    assert tcp_server.connections == 1, result.stdout
 
 
 async def test_a_fork_bomb_is_contained(backend, workspace, marker):
@@ -97,14 +147,86 @@ async def test_allocating_past_the_memory_limit_is_oom_killed(backend, workspace
     assert result.exit_code == 137
 
 
-async def test_filling_the_disk_stops_at_the_limit(backend, workspace):
-    script = (f"{BB} dd if=/dev/zero of=big bs=1048576 count=64 2>&1; echo size=$({BB} wc -c < big); "
-              f"{BB} dd if=/dev/zero of=/tmp/big bs=1048576 count=64 2>/dev/null; echo tmp=$({BB} wc -c < /tmp/big)")
-    result = await backend.execute(hostile(workspace, script, disk=16 * MiB, outputs=("big",)))
-    sizes = {k: int(v) for k, v in re.findall(rb"(size|tmp)=(\d+)", result.stdout)}
-    assert sizes.get(b"size") is not None and sizes[b"size"] <= 16 * MiB, result.stdout
-    assert sizes.get(b"tmp", 0) <= 16 * MiB
-    assert b"No space left" in result.stdout
+async def test_filling_the_disk_stops_at_the_limit(backend, workspace, marker):
+    """Measured from the host while the task waits: its /tmp and its workspace (through /proc/<pid>/root and
+    /proc/<pid>/cwd, whatever the backend), then the workspace the task leaves behind."""
+    tmp_file = f"/tmp/{marker}-big"
+    script = (f"{BB} dd if=/dev/zero of={tmp_file} bs=1048576 count=64 2>/dev/null; "
+              f"{BB} dd if=/dev/zero of=big bs=1048576 count=64 2>/dev/null; "
+              f": > filled; while [ ! -e measured ]; do {BB} sleep 0.1; done")
+    task = asyncio.ensure_future(backend.execute(hostile(workspace, script, marker=marker, disk=16 * MiB,
+                                                         outputs=("big",), timeout=60)))
+    try:
+        seen = await task_files_seen_from_the_host(marker, "filled", {"tmp": f"root{tmp_file}", "ws": "cwd/big"})
+    finally:
+        result = await task
+    assert seen["tmp"].st_size > 1 * MiB, seen                   # the task did write (a missing dd cannot pass)
+    assert seen["tmp"].st_size + seen["ws"].st_size <= 16 * MiB, seen
+    assert 0 < (workspace / "big").stat().st_size <= 16 * MiB or seen["ws"].st_size == 0
+    assert disk_use(workspace) <= 16 * MiB
+    assert [f.size_bytes for f in result.output_files if f.path == "big"] in ([], [seen["ws"].st_size])
+
+
+async def task_files_seen_from_the_host(marker: str, ready: str, files: dict[str, str]) -> dict[str, os.stat_result]:
+    """lstat ``files`` (paths under /proc/<pid>/: ``root/...`` or ``cwd/...``) of the task's shell once it
+    has made ``ready`` in its working directory; then tell it to go on (it waits for ``measured``)."""
+    for _ in range(400):
+        for pid in processes_with(marker):
+            proc = Path(f"/proc/{pid}")
+            try:
+                if (proc / "cwd" / ready).exists():
+                    seen = {name: os.lstat(proc / path) for name, path in files.items()}
+                    (proc / "cwd" / "measured").touch()
+                    for path in files.values():   # a host backend's /tmp is the host's: leave nothing there
+                        if path.startswith("root/tmp/"):
+                            (proc / path).unlink(missing_ok=True)
+                    return seen
+            except OSError:
+                continue
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the task never made {ready!r} (is it running?)")
+
+
+def disk_use(workspace: Path) -> int:
+    """Bytes of real blocks under ``workspace``, walked on the host without following links (du)."""
+    total = 0
+    for directory, dirs, files in os.walk(workspace):
+        for name in dirs + files:
+            total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total
+
+
+async def test_a_sparse_file_leaves_no_more_than_the_limit_on_the_host(backend, workspace):
+    script = f"{BB} truncate -s 200M sparse && {BB} dd if=/dev/zero of=dense bs=1048576 count=4 2>/dev/null; true"
+    await backend.execute(hostile(workspace, script, disk=16 * MiB))
+    assert (workspace / "sparse").stat().st_size == 200 * MiB     # the task did make it
+    assert (workspace / "dense").stat().st_size == 4 * MiB
+    assert disk_use(workspace) <= 16 * MiB
+
+
+@pytest.fixture
+def host_victims(tmp_path):
+    """A root-only directory on the host holding a root 0600 file, reached from the workspace by symlinks."""
+    directory = tmp_path / "host-dir"
+    directory.mkdir(mode=0o700)
+    victim = directory / "victim"
+    victim.write_text("host data")
+    victim.chmod(0o600)
+    yield directory, victim
+
+
+async def test_a_workspace_symlink_is_never_written_through(backend, workspace, host_victims):
+    """A workspace may hold links to anywhere (REAPI inputs); the task replaces them with its own files and
+    directories, a setuid one included. Nothing may reach the link's target on the host."""
+    directory, victim = host_victims
+    os.symlink(victim, workspace / "flink")
+    os.symlink(directory, workspace / "dlink")
+    script = (f"{BB} rm flink dlink && echo pwned > flink && {BB} mkdir dlink && echo pwned > dlink/victim && "
+              f"{BB} cp {BB} dlink/suid && {BB} chmod 4755 dlink/suid && echo pwned > dlink/new && echo replaced")
+    result = await backend.execute(hostile(workspace, script, disk=16 * MiB))
+    assert victim.read_text() == "host data" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert sorted(p.name for p in directory.iterdir()) == ["victim"]
+    assert b"replaced" in result.stdout, result                   # the task really did replace both links
 
 
 async def test_a_daemonized_grandchild_does_not_outlive_the_timeout(backend, workspace, marker):

@@ -18,7 +18,8 @@ except ImportError as exc:
 from expbuild_isolation.api.task import IsolationLevel, NetworkMode  # noqa: E402
 from expbuild_isolation.worker.reapi_action import InvalidAction, lease_task_id, plan_action  # noqa: E402
 from expbuild_isolation.worker.reapi_cas import LocalCas, digest_of, key  # noqa: E402
-from expbuild_isolation.worker.reapi_tree import collect, materialize  # noqa: E402
+from expbuild_isolation.worker.reapi_cas import CasError  # noqa: E402
+from expbuild_isolation.worker.reapi_tree import collect, materialize, prepare_output_parents  # noqa: E402
 
 re_pb2 = reapi_protos.re_pb2
 
@@ -147,6 +148,25 @@ def test_a_file_declared_as_a_directory_is_a_problem_not_an_upload(tmp_path):
     assert got.directories == [] and "declared as a directory" in got.problems[0]
 
 
+def test_outputs_past_the_bound_are_problems_not_uploads_and_holes_count(tmp_path):
+    (tmp_path / "w" / "gen").mkdir(parents=True)
+    (tmp_path / "w" / "small").write_bytes(b"s" * 1000)
+    with open(tmp_path / "w" / "gen" / "holes", "wb") as handle:
+        handle.truncate(64 << 30)                                       # 64 GiB of holes, no blocks
+    with open(tmp_path / "w" / "huge", "wb") as handle:
+        handle.truncate(64 << 30)
+    got = collect(tmp_path / "w", files=("small", "huge"), directories=("gen",), limit=1 << 20)
+    assert [f.path for f in got.files] == ["small"] and got.directories == []
+    assert len(got.problems) == 2 and all("max_output_bytes" in p for p in got.problems)
+    assert "'huge'" in got.problems[0] and "'gen/holes'" in got.problems[1]
+    assert all(isinstance(source, bytes) for _, source in got.blobs.values())
+
+
+def test_the_worker_config_bound_reaches_the_plan():
+    assert plan_action(re_pb2.Action(), command(), Path("/ws"), task_id="t", floor=IsolationLevel.CONTAINER,
+                       max_output_bytes=12345).request.output_limit_bytes == 12345
+
+
 # -- inputs and the local cache --------------------------------------------------------------------------------
 
 
@@ -255,3 +275,42 @@ def test_a_nul_byte_in_an_argument_or_the_environment_is_refused():
     env = [re_pb2.Command.EnvironmentVariable(name="A", value="x\0y")]
     with pytest.raises(InvalidAction, match="Command.environment_variables"):
         plan(command(environment_variables=env))
+
+
+# -- nothing is created through an input symlink (as root, before the action runs) ---------------------------
+
+
+def test_output_parents_are_not_created_through_an_input_symlink(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "host").mkdir()
+    os.symlink(tmp_path / "host", tmp_path / "ws" / "out")        # an input symlink, any target (REAPI allows it)
+    (tmp_path / "ws" / "real").mkdir()
+    with pytest.raises(CasError, match="'out' is a symlink") as refused:
+        prepare_output_parents(tmp_path / "ws", ["real/a/b/file", "out/sub/file"])
+    assert refused.value.code == reapi_protos.code_pb2.INVALID_ARGUMENT
+    assert list((tmp_path / "host").iterdir()) == []
+    assert (tmp_path / "ws" / "real" / "a" / "b").is_dir()        # the positive control: real parents are made
+
+
+def test_an_input_tree_cannot_write_through_its_own_symlink(tmp_path):
+    """A Directory naming a symlink and a subdirectory alike: the files of the subdirectory went through
+    the link, written by root wherever it pointed."""
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    victim = host_dir / "victim"
+    victim.write_text("host data")
+    victim.chmod(0o600)
+    data = b"planted"
+    sub = re_pb2.Directory()
+    sub.files.add(name="victim", digest=digest_of(data))
+    sub.files.add(name="planted", digest=digest_of(data))
+    root = re_pb2.Directory()
+    root.directories.add(name="d", digest=digest_of(sub.SerializeToString()))
+    root.symlinks.add(name="d", target=str(host_dir))
+    cas = LocalCas(tmp_path / "cas", 1 << 20)
+    cas.put(digest_of(data), data)
+    directories = {key(digest_of(root.SerializeToString())): root, key(digest_of(sub.SerializeToString())): sub}
+    (tmp_path / "ws").mkdir()
+    with pytest.raises(CasError, match="'d' twice"):
+        materialize(cas, directories, digest_of(root.SerializeToString()), tmp_path / "ws")
+    assert victim.read_text() == "host data" and sorted(p.name for p in host_dir.iterdir()) == ["victim"]

@@ -19,10 +19,11 @@ from ..api.task import IsolationLevel, NetworkMode
 __all__ = [
     "ExecutionRequest", "ExecutionResult", "ExecutionStats", "ExecutorCapabilities", "ExecutorError",
     "ExecutorUnavailable", "IsolationLevel", "IsolationUnavailable", "NetworkMode", "NetworkPolicy",
-    "OutputFile", "ResourceLimits", "TaskExecutor", "TerminationReason", "DEFAULT_LOG_LIMIT",
+    "OutputFile", "ResourceLimits", "TaskExecutor", "TerminationReason", "DEFAULT_LOG_LIMIT", "DEFAULT_OUTPUT_LIMIT",
 ]
 
 DEFAULT_LOG_LIMIT = 1 << 20  # bytes of stdout and of stderr kept per task
+DEFAULT_OUTPUT_LIMIT = 8 << 30  # bytes of declared outputs digested per task (sparse holes count)
 
 
 class ExecutorError(Exception):
@@ -92,6 +93,7 @@ class ExecutionRequest:
     read_only_root: bool = True
     run_as_user: int | None = 65534
     log_limit_bytes: int = DEFAULT_LOG_LIMIT
+    output_limit_bytes: int = DEFAULT_OUTPUT_LIMIT  # all declared outputs together; more is a problem, not hashed
 
 
 class TerminationReason(str, enum.Enum):

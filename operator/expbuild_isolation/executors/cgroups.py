@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CgroupError", "CgroupStats", "TaskCgroup", "cgroup_name", "detect_version", "sweep", "v2_controllers"]
+__all__ = ["CgroupError", "CgroupStats", "TaskCgroup", "cgroup_name", "detect_version", "oom_kills", "sweep",
+           "v2_controllers"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer", "blkio")
@@ -306,14 +307,22 @@ def _stats_v1(dirs: dict[str, Path]) -> CgroupStats:
     cpu = _int_file(dirs["cpuacct"] / "cpuacct.usage") if "cpuacct" in dirs else None
     memory = dirs["memory"]
     peak = _int_file(memory / "memory.max_usage_in_bytes")
-    oom = _keyed(memory / "memory.oom_control")
     pids_events = _keyed(dirs["pids"] / "pids.events")
     read = write = None
     if "blkio" in dirs:
         read, write = _blkio_v1(dirs["blkio"] / "blkio.throttle.io_service_bytes")
     return CgroupStats(cpu_time_seconds=cpu / 1e9 if cpu is not None else None, peak_memory_bytes=peak,
-                       oom_killed=oom.get("oom_kill", 0) > 0, pids_limit_hit=pids_events.get("max", 0) > 0,
+                       oom_killed=(oom_kills(memory, 1) or 0) > 0, pids_limit_hit=pids_events.get("max", 0) > 0,
                        disk_read_bytes=read, disk_write_bytes=write)
+
+
+def oom_kills(memory: Path, version: int) -> int | None:
+    """Processes the kernel's OOM killer killed in the cgroup ``memory`` (None: unreadable). v2:
+    ``memory.events`` oom_kill, which counts the whole subtree. v1: the oom_kill line of
+    ``memory.oom_control``, which counts only the cgroup's OWN processes (a parent never sees its child
+    cgroups' kills: see ``container_cgroup.py`` for how containers are covered there)."""
+    counters = _keyed(memory / ("memory.events" if version == 2 else "memory.oom_control"))
+    return counters.get("oom_kill")
 
 
 def _blkio_v1(path: Path) -> tuple[int | None, int | None]:
@@ -334,7 +343,6 @@ def _blkio_v1(path: Path) -> tuple[int | None, int | None]:
 def _stats_v2(unified: Path) -> CgroupStats:
     cpu = _keyed(unified / "cpu.stat").get("usage_usec")
     peak = _int_file(unified / "memory.peak")
-    events = _keyed(unified / "memory.events")
     pids_events = _keyed(unified / "pids.events")
     read = write = None
     with contextlib.suppress(OSError):
@@ -344,7 +352,7 @@ def _stats_v2(unified: Path) -> CgroupStats:
             read += int(fields.get("rbytes", 0))
             write += int(fields.get("wbytes", 0))
     return CgroupStats(cpu_time_seconds=cpu / 1e6 if cpu is not None else None, peak_memory_bytes=peak,
-                       oom_killed=events.get("oom_kill", 0) > 0, pids_limit_hit=pids_events.get("max", 0) > 0,
+                       oom_killed=(oom_kills(unified, 2) or 0) > 0, pids_limit_hit=pids_events.get("max", 0) > 0,
                        disk_read_bytes=read, disk_write_bytes=write)
 
 

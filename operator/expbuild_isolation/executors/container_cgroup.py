@@ -10,15 +10,27 @@ controller; v2: one unified directory).
 The parents live under their own top directory (``expbuild-docker``,
 ``expbuild-podman``), apart from the namespace executor's ``expbuild``, whose
 sweep would otherwise treat them as its own leftovers.
+
+OOM kills: on cgroup v2 the parent's ``memory.events`` counts every kill below
+it. On v1 a cgroup counts only its own processes' kills and the engine deletes
+the container's cgroup at exit (Docker says OOMKilled from its own watch,
+Podman never does). So on v1 the parent is made before the container, holds
+the task's memory limit and an eventfd the kernel notifies when that limit
+runs out; the engine gives the container one page more, so the parent's limit
+is the one reached (the notification goes to the cgroup whose limit was hit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import time
 from pathlib import Path
 
 from .cgroups import CGROUP_ROOT, CgroupError, CgroupStats, TaskCgroup, detect_version, v2_root
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _hierarchies(root: Path = CGROUP_ROOT) -> dict[str, Path]:
@@ -40,6 +52,34 @@ class ContainerCgroup:
     def __init__(self, top: str, name: str, *, root: Path = CGROUP_ROOT) -> None:
         self.relative = f"{top}/{name}"
         self.root = root
+        self._oom_eventfd: int | None = None   # v1: notified when the parent's memory limit runs out
+        self._ooms = 0
+
+    def limit_memory(self, memory_bytes: int | None) -> int | None:
+        """The memory limit to give the engine for the container (call before it is created).
+
+        v1 with a limit: the parent is made here with ``memory_bytes`` and an OOM notification, and the
+        container gets one page more (see the module's docstring). Otherwise (v2, no limit, no cgroupfs
+        to write, e.g. rootless) the container's own limit is the task's.
+        """
+        memory = self.root / "memory" / self.relative
+        try:
+            if memory_bytes is None or detect_version(self.root) != 1:
+                return memory_bytes
+            memory.mkdir(parents=True, exist_ok=True)
+            (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+            if (memory / "memory.memsw.limit_in_bytes").exists():
+                (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+            self._oom_eventfd = _oom_notification(memory)
+        except (OSError, CgroupError):
+            return memory_bytes
+        return memory_bytes + PAGE
+
+    def _oom_seen(self) -> bool:
+        if self._oom_eventfd is not None:
+            with contextlib.suppress(BlockingIOError):
+                self._ooms += os.eventfd_read(self._oom_eventfd)
+        return self._ooms > 0
 
     @property
     def cgroup_parent(self) -> str:
@@ -64,7 +104,8 @@ class ContainerCgroup:
         if group is None:
             return None
         with contextlib.suppress(OSError, KeyError, ValueError):
-            return group.stats()
+            stats = group.stats()
+            return dataclasses.replace(stats, oom_killed=True) if self._oom_seen() else stats
         return None
 
     def remove(self, *, wait_seconds: float = 0.0) -> None:
@@ -72,6 +113,9 @@ class ContainerCgroup:
 
         Raises CgroupError while something still runs inside (a conmon about to exit); the caller retries later.
         """
+        if self._oom_eventfd is not None:
+            os.close(self._oom_eventfd)
+            self._oom_eventfd = None
         deadline = time.monotonic() + wait_seconds
         while True:
             busy = []
@@ -91,6 +135,20 @@ class ContainerCgroup:
             if time.monotonic() >= deadline:
                 raise CgroupError("cannot remove cgroup: " + "; ".join(busy[:3]))
             time.sleep(0.02)
+
+
+def _oom_notification(memory: Path) -> int:
+    """An eventfd the kernel signals each time cgroup v1 ``memory`` runs out of memory (cgroup.event_control)."""
+    eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    control = os.open(memory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        (memory / "cgroup.event_control").write_text(f"{eventfd} {control}")
+    except OSError:
+        os.close(eventfd)
+        raise
+    finally:
+        os.close(control)
+    return eventfd
 
 
 def sweep_orphans(top: str, alive: set[str], *, root: Path = CGROUP_ROOT) -> list[str]:

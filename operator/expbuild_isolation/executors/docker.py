@@ -1,20 +1,21 @@
 """Run tasks in containers through the Docker Engine API (seed sections 4.1 and 5.1).
 
-Lifecycle of one task: create (or take a warm container) -> start -> wait with
-the deadline -> on timeout kill (exit 124) -> read stdout and stderr, bounded ->
-exit state (OOMKilled -> exit 137) -> stats from the task's parent cgroup ->
-outputs -> remove. Removal happens on every path, cancellation included: the
-container has a name before it exists, so a create still in flight when the
-task is cancelled is awaited and then removed. Nothing relies on auto_remove,
-which races with reading logs and state.
+Lifecycle of one task: create (or take a warm container) -> attach to its
+output (``container_logs.py``: each stream's tail, read live) -> start -> wait
+with the deadline -> on timeout kill (exit 124) -> exit state and OOM kills
+(exit 137) -> stats from the task's parent cgroup -> outputs -> remove.
+Removal happens on every path, cancellation included: the container has a
+name before it exists, so a create still in flight when the task is cancelled
+is awaited and then removed. Nothing relies on auto_remove, which races with
+reading the state.
 
 Blocking SDK calls run in threads (``asyncio.to_thread``); the long ``wait`` of
 each task runs in this executor's own thread pool, so that many concurrent tasks
 cannot starve the event loop's small default pool of the threads that start,
-kill and remove containers. After the exit there is one thread hop: the logs
-(both streams in one request) are read in a side pool while that thread reads
-the parent cgroup and the outputs; the exit code comes from the wait, and the
-container is inspected only after a non-zero exit (OOMKilled).
+kill and remove containers. After the exit there is one thread hop, which reads
+the parent cgroup and the outputs and collects the attached output; the exit
+code comes from the wait, and the container is inspected only after a non-zero
+exit.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import stat
-import struct
 import time
 import uuid
+from dataclasses import replace
 
 import docker
 import docker.errors
@@ -38,17 +40,19 @@ import requests.exceptions
 from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
 from .config import DockerConfig
-from .cgroups import CgroupStats, pid_alive
+from .cgroups import pid_alive
 from .container_cgroup import ContainerCgroup, sweep_orphans
+from .container_logs import AttachedOutput
 from .docker_pool import WarmPool, sweep_slots
 from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
                           seccomp_option, working_dir_in_container)
-from .logs import BoundedBuffer
 from .select import unmet_requirements
-from .workspace import collect_outputs
+from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+_LONGEST_WAIT = 7 * 24 * 3600.0  # the API's own bound on spec.timeout
+_OUTPUT_GRACE_SECONDS = 10.0  # how long after the exit the engine may take to close the attached output
 
 
 class DockerExecutor:
@@ -64,9 +68,6 @@ class DockerExecutor:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._client: docker.DockerClient | None = None
         self._waits = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"{self.name}-wait")
-        # Log reads run beside the rest of _finish; their own pool, so they never queue behind long waits.
-        self._log_reads = concurrent.futures.ThreadPoolExecutor(max_workers=16,
-                                                                thread_name_prefix=f"{self.name}-logs")
         self._runtimes_checked = False
         self._leftover_cgroups: list[ContainerCgroup] = []
         self.pool = WarmPool(self) if self.config.pool_size > 0 else None
@@ -99,14 +100,16 @@ class DockerExecutor:
             self._client.close()
             self._client = None
         self._waits.shutdown(wait=False)
-        self._log_reads.shutdown(wait=False)
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         missing = unmet_requirements(self.capabilities(), request)
         if missing:
             raise IsolationUnavailable(f"{self.name}: " + "; ".join(missing))
         limits = request.limits.merged_over(self.config.default_limits.to_limits())
-        await asyncio.to_thread(self.prepare_workspace, request)
+        try:
+            await asyncio.to_thread(self.prepare_workspace, request)
+        except WorkspaceError as exc:
+            return self._start_failed(request, f"working directory: {exc}")
         if self.pool is not None:
             warm = await self.pool.take(request, limits)
             result = await warm.run(request) if warm is not None else None
@@ -117,7 +120,7 @@ class DockerExecutor:
         placement = Placement(name, self.labels(request.task_id), cgroup.cgroup_parent, str(request.workspace))
         created: asyncio.Future | None = None
         try:
-            created = asyncio.ensure_future(asyncio.to_thread(self._create, request, limits, placement))
+            created = asyncio.ensure_future(asyncio.to_thread(self._create, request, limits, placement, cgroup))
             container = await asyncio.shield(created)
             return await self.run_container(container, request, cgroup, start=container.start)
         finally:
@@ -139,7 +142,9 @@ class DockerExecutor:
         return create_kwargs(request, limits, self.config, placement, seccomp=self.seccomp(request.seccomp_profile),
                              engine=self.name, **extra)
 
-    def _create(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement):  # type: ignore[no-untyped-def]
+    def _create(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement,  # type: ignore[no-untyped-def]
+                cgroup: ContainerCgroup):
+        limits = replace(limits, memory_bytes=cgroup.limit_memory(limits.memory_bytes))
         kwargs = self.create_arguments(request, limits, placement)
         try:
             return self.client().containers.create(**kwargs)
@@ -160,9 +165,31 @@ class DockerExecutor:
         non-blocking write): the wait is issued first, so the daemon's answer does not queue behind it, and
         ``start`` runs on the loop without a thread hop.
         """
-        loop = asyncio.get_running_loop()
-        wait_call = functools.partial(container.wait, timeout=request.timeout_seconds + 120)
+        try:
+            output = await asyncio.to_thread(self._attach, container, request.log_limit_bytes)
+        except docker.errors.APIError as exc:   # Podman prepares (runc create) a container to attach to it
+            why = re.sub(r"^preparing container \w+ for attach: ", "", str(exc.explanation or exc))
+            return self._start_failed(request, why)
         began = time.monotonic()
+        try:
+            status, timed_out = await self._start_and_wait(container, request, start, running)
+        except _StartRefused as exc:
+            output.close()
+            return self._start_failed(request, str(exc))
+        except BaseException:
+            output.close()
+            raise
+        duration = time.monotonic() - began
+        # One thread hop for everything after the exit (the attached output has ended or ends meanwhile).
+        return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration, output)
+
+    async def _start_and_wait(self, container, request: ExecutionRequest, start,  # type: ignore[no-untyped-def]
+                              running: bool) -> tuple[dict, bool]:
+        """(the engine's wait answer, whether the deadline killed it)."""
+        loop = asyncio.get_running_loop()
+        # The daemon's answer comes at the exit, or after the kill at the deadline; the socket's own timeout
+        # only guards against a daemon that never answers (and must fit a time_t: 10**15 s does not).
+        wait_call = functools.partial(container.wait, timeout=min(request.timeout_seconds, _LONGEST_WAIT) + 120)
         if running:
             waiting = loop.run_in_executor(self._waits, wait_call)
             try:
@@ -174,33 +201,33 @@ class DockerExecutor:
             try:
                 await asyncio.to_thread(start)
             except docker.errors.APIError as exc:
-                return self._start_failed(request, str(exc.explanation or exc))
+                raise _StartRefused(str(exc.explanation or exc)) from None
             waiting = loop.run_in_executor(self._waits, wait_call)
-        timed_out = False
         try:
-            status = await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds)
+            return await asyncio.wait_for(asyncio.shield(waiting), request.timeout_seconds), False
         except TimeoutError:
-            timed_out = True
             with contextlib.suppress(docker.errors.APIError):
                 await asyncio.to_thread(container.kill)
-            status = await waiting
-        duration = time.monotonic() - began
-        # One thread hop for everything after the exit; the logs are read beside it (see _finish).
-        return await asyncio.to_thread(self._finish, container, request, cgroup, status, timed_out, duration)
+            return await waiting, True
+
+    def _attach(self, container, limit: int) -> AttachedOutput:  # type: ignore[no-untyped-def]
+        try:
+            return AttachedOutput(self.client().api, container.id, limit)
+        except docker.errors.APIError:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            raise ExecutorUnavailable(f"{self.name}: cannot attach to container {container.name}: "
+                                      f"{_short(exc)}") from None
 
     def _finish(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
-                timed_out: bool, duration: float) -> ExecutionResult:
-        # The logs (one request, both streams) come from the daemon while this thread reads the cgroup
-        # totals, the exit state (only when needed) and the outputs from the host's file systems.
-        logs = self._log_reads.submit(self._read_logs, container, request.log_limit_bytes)
+                timed_out: bool, duration: float, output: AttachedOutput) -> ExecutionResult:
         try:
-            return self._settle(container, request, cgroup, status, timed_out, duration, logs)
+            return self._settle(container, request, cgroup, status, timed_out, duration, output)
         finally:
-            if not logs.done():
-                logs.cancel()
+            output.close()
 
     def _settle(self, container, request: ExecutionRequest, cgroup: ContainerCgroup, status: dict,  # type: ignore[no-untyped-def]
-                timed_out: bool, duration: float, logs: concurrent.futures.Future) -> ExecutionResult:
+                timed_out: bool, duration: float, output: AttachedOutput) -> ExecutionResult:
         usage = cgroup.stats()
         code = status.get("StatusCode") if isinstance(status, dict) else None
         state: dict = {}
@@ -210,10 +237,11 @@ class DockerExecutor:
                 container.reload()
                 state = container.attrs.get("State", {})
         exit_code = int(state.get("ExitCode", code if isinstance(code, int) else -1))
-        oom = exit_code != 0 and self.was_oom_killed(state, exit_code, usage, request)
+        # Any process of the task killed at the memory limit, even one whose shell went on to exit 0.
+        oom = bool(state.get("OOMKilled")) or (usage is not None and usage.oom_killed)
         if timed_out:
             exit_code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
-        elif oom and exit_code != 0:
+        elif oom:
             exit_code, reason = 137, TerminationReason.OOM_KILLED
         elif exit_code == 0:
             reason = TerminationReason.COMPLETED
@@ -221,7 +249,7 @@ class DockerExecutor:
             reason = TerminationReason.PIDS_LIMIT
         else:
             reason = TerminationReason.NON_ZERO_EXIT
-        files, problems = collect_outputs(request.workspace, request.output_paths)
+        files, problems = collect_outputs(request.workspace, request.output_paths, limit=request.output_limit_bytes)
         stats = ExecutionStats(duration_seconds=duration,
                                cpu_time_seconds=usage.cpu_time_seconds if usage else None,
                                peak_memory_bytes=usage.peak_memory_bytes if usage else None,
@@ -229,39 +257,12 @@ class DockerExecutor:
                                disk_write_bytes=usage.disk_write_bytes if usage else None)
         message = {TerminationReason.DEADLINE_EXCEEDED: f"killed after the {request.timeout_seconds:g}s timeout",
                    TerminationReason.OOM_KILLED: "killed by the kernel at the memory limit"}.get(reason, "")
-        stdout, stderr = logs.result()
+        stdout, stderr = output.finish(timeout=_OUTPUT_GRACE_SECONDS)
         return ExecutionResult(exit_code=exit_code, reason=reason, executor=self.name,
                                isolation_level=self.isolation_level(), stdout=stdout.data(), stderr=stderr.data(),
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
                                output_files=tuple(files), output_problems=tuple(problems), stats=stats,
                                message=message, image_id=str(container.attrs.get("Image") or ""))
-
-    def was_oom_killed(self, state: dict, exit_code: int, usage: CgroupStats | None,
-                       request: ExecutionRequest) -> bool:
-        return bool(state.get("OOMKilled")) or (exit_code == 137 and usage is not None and usage.oom_killed)
-
-    def _read_logs(self, container, limit: int) -> tuple[BoundedBuffer, BoundedBuffer]:  # type: ignore[no-untyped-def]
-        """stdout and stderr, bounded, from one logs request (the multiplexed frames name their stream)."""
-        out, err = BoundedBuffer(limit), BoundedBuffer(limit)
-        api = self.client().api
-        with contextlib.suppress(docker.errors.APIError):
-            response = api._get(api._url("/containers/{0}/logs", container.id),  # noqa: SLF001
-                                params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
-                                stream=True)
-            try:
-                api._raise_for_status(response)  # noqa: SLF001
-                while True:  # frames: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 length (big-endian)
-                    header = response.raw.read(8)
-                    if len(header) < 8:
-                        break
-                    kind, length = struct.unpack(">BxxxL", header)
-                    data = response.raw.read(length) if length else b""
-                    if length and not data:
-                        break
-                    (err if kind == 2 else out).feed(data)
-            finally:
-                response.close()
-        return out, err
 
     def _start_failed(self, request: ExecutionRequest, why: str) -> ExecutionResult:
         return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
@@ -300,8 +301,7 @@ class DockerExecutor:
 
     def prepare_workspace(self, request: ExecutionRequest) -> None:
         """Make the workspace (and the working dir) writable by the task's user, before the bind mount."""
-        workdir = request.workspace / working_dir_in_container(request).removeprefix("/workspace").lstrip("/")
-        workdir.mkdir(parents=True, exist_ok=True)
+        make_dirs_beneath(request.workspace, working_dir_in_container(request).removeprefix("/workspace").lstrip("/"))
         uid = self.host_uid(request.run_as_user)
         if uid is None:
             return
@@ -407,6 +407,10 @@ class DockerExecutor:
         sweep_orphans(self.cgroup_top, alive)
         sweep_slots(self.name)
         return removed
+
+
+class _StartRefused(Exception):
+    """The engine refused to start the container (say, a missing executable); the message is its reason."""
 
 
 def _owner_alive(owner: str) -> bool:

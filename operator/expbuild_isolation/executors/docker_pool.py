@@ -216,6 +216,7 @@ class WarmPool:
             _mount("none", str(slot.workspace), _MS_SHARED)
             labels = {**self.executor.labels("warm"), LABEL_POOL: "1"}
             placement = Placement(name, labels, slot.cgroup.cgroup_parent, str(slot.workspace))
+            limits = replace(limits, memory_bytes=slot.cgroup.limit_memory(limits.memory_bytes))
             kwargs = self.executor.create_arguments(
                 template, limits, placement, command=WAIT_COMMAND, workspace_propagation="rslave",
                 extra_mounts=(Mount(target=CONTROL, source=str(slot.directory / "ctl"), type="bind",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ from .base import (
 from .config import HostConfig
 from .disk_limit import chown_tree
 from .logs import BoundedBuffer, pump
-from .workspace import collect_outputs
+from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 _REAPER = Path(__file__).with_name("reaper.py")
 NOBODY = 65534
@@ -66,7 +67,11 @@ class HostExecutor:
 
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         cwd = request.workspace / request.working_dir if request.working_dir else request.workspace
-        cwd.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(make_dirs_beneath, request.workspace, request.working_dir)
+        except WorkspaceError as exc:
+            return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
+                                   isolation_level=IsolationLevel.PROCESS, message=f"working directory: {exc}")
         user = task_user(request)
         if user is not None:
             await asyncio.to_thread(chown_tree, request.workspace, user)
@@ -92,9 +97,10 @@ class HostExecutor:
             process.stdin.write(json.dumps(job).encode())
             await process.stdin.drain()
             process.stdin.close()
+            guard = request.timeout_seconds + _GRACE_SECONDS if math.isfinite(request.timeout_seconds) else None
             await asyncio.wait_for(
                 asyncio.gather(pump(process.stdout, stdout), pump(process.stderr, stderr), process.wait()),
-                timeout=request.timeout_seconds + _GRACE_SECONDS)
+                timeout=guard)
             report = await asyncio.to_thread(_read_all, report_read)
         except BaseException:
             # Cancelled or the reaper hung: SIGTERM makes it kill the tree; SIGKILL if it does not go.
@@ -114,7 +120,11 @@ class HostExecutor:
         except ValueError:
             raise ExecutorUnavailable(f"the reaper died without a report (exit {process.returncode}); "
                                       f"stderr: {stderr.text()[-500:]}") from None
-        files, problems = collect_outputs(request.workspace, request.output_paths)
+        if "error" in outcome:
+            raise ExecutorUnavailable(f"host: {outcome['error']}" + (
+                "; every process of the task was killed" if "exit_code" in outcome else " (nothing was run)"))
+        files, problems = await asyncio.to_thread(collect_outputs, request.workspace, request.output_paths,
+                                                  limit=request.output_limit_bytes)
         code = int(outcome["exit_code"])
         return ExecutionResult(
             exit_code=code, reason=_reason(code, outcome["stopped"]), executor=self.name,
@@ -159,6 +169,8 @@ def _read_all(fd: int) -> bytes:
 
 
 def _reason(code: int, stopped: str | None) -> TerminationReason:
+    if stopped and stopped.startswith("signal "):
+        return TerminationReason.NON_ZERO_EXIT
     if stopped == "deadline":
         return TerminationReason.DEADLINE_EXCEEDED
     if stopped == "cancelled":
@@ -175,4 +187,7 @@ def _message(code: int, stopped: str | None, request: ExecutionRequest) -> str:
         return f"killed after the {request.timeout_seconds:g}s timeout, with every process it started"
     if stopped == "cancelled":
         return "cancelled"
+    if stopped and stopped.startswith("signal "):
+        return f"the host executor's reaper was sent {stopped.removeprefix('signal ')}: every process of the " \
+               f"task was killed"
     return "" if code == 0 else f"exited with code {code}"

@@ -22,8 +22,9 @@ switched off in ``NamespaceConfig`` lowers the isolation level or the network
 policies offered, and ``execute`` refuses a task those do not cover, as
 selection would.
 
-Disk: with a disk limit the task runs in a host tmpfs of that size holding a
-copy of its workspace and its /tmp (``disk_limit.py``).
+Disk: with a disk limit the workspace moves onto a host tmpfs of that size,
+shared with the task's /tmp, and stays there until it is removed; nothing is
+copied back (``disk_limit.py``).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCa
                    IsolationUnavailable, TerminationReason)
 from .cgroup_join import join_problem
 from .config import NamespaceConfig
-from .disk_limit import chown_tree, copy_back_and_remove, make_disk, sweep_disks
+from .disk_limit import DiskTooSmall, chown_tree, make_disk, release_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
 from .select import unmet_requirements
+from .logs import BoundedBuffer
 from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
                      unique_suffix)
 from .workspace import collect_outputs
@@ -126,7 +128,12 @@ class NamespaceExecutor:
         try:
             workspace = request.workspace
             if limits.disk_bytes is not None:
-                disk = await asyncio.to_thread(make_disk, f"{unique[1:]}.{os.getpid()}", request, limits.disk_bytes)
+                try:
+                    disk = await asyncio.to_thread(make_disk, f"{unique[1:]}.{os.getpid()}", request,
+                                                   limits.disk_bytes)
+                except DiskTooSmall as exc:
+                    return ExecutionResult(exit_code=127, reason=TerminationReason.START_FAILED, executor=self.name,
+                                           isolation_level=self.isolation_level(), message=str(exc))
                 workspace = disk / "ws"
             elif request.run_as_user is not None:
                 await asyncio.to_thread(chown_tree, workspace, request.run_as_user)
@@ -146,11 +153,12 @@ class NamespaceExecutor:
             nsinit.trace("x.ended", spare.slot)
             outcome["results"] = await _finish(outcome["readers"])
             if disk is not None:
-                await asyncio.to_thread(copy_back_and_remove, disk, request.workspace)
+                await asyncio.to_thread(release_disk, disk)
         nsinit.trace("x.done", spare.slot)
         if SPARES_PER_SHAPE > 0:
             POOL.want(shape)   # replaced now that this task is done, not while it starts
-        files, problems = collect_outputs(request.workspace, request.output_paths)
+        files, problems = await asyncio.to_thread(collect_outputs, request.workspace, request.output_paths,
+                                                  limit=request.output_limit_bytes)
         result = self._result(request, outcome, stats, time.monotonic() - started, files, problems)
         nsinit.trace("x.return", spare.slot)
         return result
@@ -327,13 +335,12 @@ async def _finish(readers: list[asyncio.Future]) -> list[tuple[bytes, bool]]:
 
 
 def _read_bounded(fd: int, limit: int) -> asyncio.Future:
-    """Read a pipe to EOF, keeping the first ``limit`` bytes (and draining the rest so the writer never
-    blocks); the future's result is (bytes, truncated). A bare reader callback, not a transport: the
-    task's end is one wakeup away from the executor."""
+    """Read a pipe to EOF, keeping its last ``limit`` bytes (draining the rest so the writer never blocks);
+    the future's result is (bytes, truncated). A bare reader callback, not a transport: the task's end is
+    one wakeup away from the executor."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future = loop.create_future()
-    kept = bytearray()
-    state = {"truncated": False}
+    kept = BoundedBuffer(limit)
     os.set_blocking(fd, False)
 
     def done() -> None:
@@ -351,14 +358,11 @@ def _read_bounded(fd: int, limit: int) -> asyncio.Future:
                 future.set_exception(exc)
             return
         if chunk:
-            room = limit - len(kept)
-            if len(chunk) > room:
-                state["truncated"] = True
-            kept.extend(chunk[:max(room, 0)])
+            kept.feed(chunk)
             return
         done()
         if not future.done():
-            future.set_result((bytes(kept), state["truncated"]))
+            future.set_result((kept.data(), kept.truncated))
 
     def cancelled(f: asyncio.Future) -> None:
         if f.cancelled():

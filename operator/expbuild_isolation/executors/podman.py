@@ -2,8 +2,8 @@
 
 The same lifecycle and hardening as ``DockerExecutor``; what differs is the
 engine's dialect: Podman reads ``seccomp=`` as a file path (not inline JSON),
-never reports ``OOMKilled`` (the base class already falls back to exit 137 plus
-the parent cgroup's OOM-kill counter), and can map users through a user
+never reports ``OOMKilled`` (the base class reads OOM kills from the task's
+parent cgroup, see ``container_cgroup.py``), and can map users through a user
 namespace (``userns``), in which case the task's uid is not a host uid and the
 workspace is opened to every uid instead of chowned.
 """
@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 from .base import ExecutionRequest, ResourceLimits
-from .cgroups import CgroupStats
 from .config import PodmanConfig
 from .docker import DockerExecutor
 from .docker_spec import Placement, engine_profile
@@ -56,16 +55,6 @@ class PodmanExecutor(DockerExecutor):
         if self.config.userns:
             kwargs["userns_mode"] = self.config.userns
         return kwargs
-
-    def was_oom_killed(self, state: dict, exit_code: int, usage: CgroupStats | None,
-                       request: ExecutionRequest) -> bool:
-        """Podman never sets OOMKilled and cgroup v1 keeps the OOM-kill count in the (deleted) container
-        cgroup: a SIGKILL (137) while the task's peak reached its memory limit counts as the OOM killer."""
-        if super().was_oom_killed(state, exit_code, usage, request):
-            return True
-        limit = request.limits.merged_over(self.config.default_limits.to_limits()).memory_bytes
-        return (exit_code == 137 and usage is not None and limit is not None
-                and (usage.peak_memory_bytes or 0) >= limit)
 
     def _maps_users(self) -> bool:
         return bool(self.config.rootless or self.config.userns not in ("", "host"))

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import OutputFile
+from .base import DEFAULT_OUTPUT_LIMIT, OutputFile
+from .disk_limit import unmount_workspace
 
 _CHUNK = 1 << 20
 
@@ -59,9 +60,11 @@ def place_inputs(workspace: Path, inputs: Iterable[InputBlob]) -> None:
 
 
 def remove_workspace(workspace: Path) -> None:
-    """Delete the workspace whatever the task did to it (read-only dirs included)."""
+    """Delete the workspace whatever the task did to it (read-only dirs included), and the disk-limited
+    tmpfs it may have become (``disk_limit.py``)."""
     if not workspace.exists():
         return
+    unmount_workspace(workspace)
 
     def _make_writable_and_retry(func, path, _exc):  # type: ignore[no-untyped-def]
         with contextlib.suppress(OSError):
@@ -81,6 +84,34 @@ def workspace_with(inputs: Iterable[InputBlob], parent: str | os.PathLike[str] |
         yield workspace
     finally:
         remove_workspace(workspace)
+
+
+def make_dirs_beneath(workspace: Path, relative: str, *, mode: int = 0o755) -> None:
+    """``mkdir -p`` of ``relative`` under ``workspace``, never through a symlink.
+
+    The workspace can hold links with any target before the task runs (REAPI input trees carry them), and
+    we create directories as root: each component is made with mkdirat and entered with O_NOFOLLOW, so a
+    component that exists as a symlink (or a file) is refused, naming it, instead of followed.
+    """
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if relative.startswith("/") or ".." in parts:
+        raise WorkspaceError(f"{relative!r} is not a path inside the workspace")
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, mode, dir_fd=fd)
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                where = "/".join(parts[:index + 1])
+                what = "a symlink" if _is_symlink(fd, part) else exc.strerror.lower()
+                raise WorkspaceError(f"{where!r} is {what}; directories are never created through it "
+                                     f"(making {relative!r} in the workspace)") from None
+            os.close(fd)
+            fd = next_fd
+    finally:
+        os.close(fd)
 
 
 def _open_beneath(root_fd: int, relative: str) -> int:
@@ -126,15 +157,22 @@ class OutputRefused(Exception):
     """A declared output is a symlink, a special file, or otherwise unsafe to read."""
 
 
-def collect_outputs(workspace: Path, paths: Iterable[str]) -> tuple[list[OutputFile], list[str]]:
-    """Digest each declared output file; returns (files, problems), never following a symlink."""
+def collect_outputs(workspace: Path, paths: Iterable[str], *,
+                    limit: int = DEFAULT_OUTPUT_LIMIT) -> tuple[list[OutputFile], list[str]]:
+    """Digest each declared output file; returns (files, problems), never following a symlink.
+
+    ``limit`` bounds the bytes digested for all outputs together, by size (a sparse file's holes count: a
+    2 GiB file of holes takes as long to hash as 2 GiB of data): an output that would pass it is a problem,
+    not hashed. Blocking (it reads every byte): call it off the event loop.
+    """
     files: list[OutputFile] = []
     problems: list[str] = []
+    budget = OutputBudget(limit)
     root_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for path in paths:
             try:
-                files.append(_digest(root_fd, path))
+                files.append(_digest(root_fd, path, budget))
             except (OutputMissing, OutputRefused) as exc:
                 problems.append(str(exc))
     finally:
@@ -142,18 +180,41 @@ def collect_outputs(workspace: Path, paths: Iterable[str]) -> tuple[list[OutputF
     return files, problems
 
 
-def _digest(root_fd: int, path: str) -> OutputFile:
+class OutputBudget:
+    """What is left of a task's output limit; ``take`` refuses an output that would pass it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.left = limit, limit
+
+    def take(self, path: str, size: int) -> None:
+        if size > self.left:
+            raise OutputRefused(f"output {path!r} is {size} bytes (sparse holes count), more than the "
+                                f"{self.left} bytes left of the {self.limit}-byte limit on a task's outputs "
+                                f"(max_output_bytes in the worker config); not digested")
+        self.left -= size
+
+
+def hash_file(fd: int, path: str, size: int) -> tuple[hashlib._Hash, int]:
+    """sha256 of an open file that ``budget.take`` allowed ``size`` bytes of; refuses one that grew."""
+    digest = hashlib.sha256()
+    read = 0
+    while chunk := os.read(fd, _CHUNK):
+        read += len(chunk)
+        if read > size:
+            raise OutputRefused(f"output {path!r} grew while it was being digested; not digested")
+        digest.update(chunk)
+    return digest, read
+
+
+def _digest(root_fd: int, path: str, budget: OutputBudget) -> OutputFile:
     fd = _open_beneath(root_fd, path)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
             raise OutputRefused(f"output {path!r} is {kind}; outputs.paths names files")
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := os.read(fd, _CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+        budget.take(path, info.st_size)
+        digest, size = hash_file(fd, path, info.st_size)
         return OutputFile(path=path, sha256=digest.hexdigest(), size_bytes=size,
                           executable=bool(info.st_mode & 0o111))
     finally:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..api.messages import shown
 from ..api.policy import LocalPolicy
+from ..executors.base import DEFAULT_OUTPUT_LIMIT
 from ..executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 from .task_limits import TaskLimits
 
@@ -73,6 +74,9 @@ class WorkerConfig(BaseModel):
     instance_name: str = ""
     work_dir: Path = Field(default_factory=lambda: default_work_dir())
     max_concurrent_tasks: int = Field(4, ge=1)
+    # Bytes of declared outputs digested per task, all together, sparse holes counted; more is reported as a
+    # problem, not hashed (hashing is a blocking read of every byte, however few blocks a file has).
+    max_output_bytes: int = Field(DEFAULT_OUTPUT_LIMIT, ge=0)
     isolation_minimum: Literal["None", "Process", "Filesystem", "Container", "VM"] = "None"
     platform: PlatformConfig = Field(default_factory=PlatformConfig)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)

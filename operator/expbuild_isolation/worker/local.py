@@ -121,7 +121,7 @@ def _in_workspace(exc: OSError, workspace: Path) -> str:
 
 
 def request_for(task: ExecutionTask, workspace: Path, *, log_limit_bytes: int | None = None,
-                floor: IsolationLevel | None = None) -> ExecutionRequest:
+                output_limit_bytes: int | None = None, floor: IsolationLevel | None = None) -> ExecutionRequest:
     """The executor's view of ``task``; ``floor`` raises (never lowers) the isolation minimum."""
     spec = task.spec
     minimum = spec.isolation.minimum if floor is None else max(spec.isolation.minimum, floor)
@@ -129,7 +129,8 @@ def request_for(task: ExecutionTask, workspace: Path, *, log_limit_bytes: int | 
         cpu_cores=spec.resources.cpu_cores, memory_bytes=spec.resources.memory_bytes,
         disk_bytes=spec.resources.disk_bytes, max_processes=spec.resources.pids,
         network=NetworkPolicy(spec.network.policy, tuple(spec.network.allow)))
-    extra = {} if log_limit_bytes is None else {"log_limit_bytes": log_limit_bytes}
+    extra = {key: value for key, value in (("log_limit_bytes", log_limit_bytes),
+                                           ("output_limit_bytes", output_limit_bytes)) if value is not None}
     return ExecutionRequest(
         task_id=_task_id(task), argv=tuple(spec.command), workspace=workspace,
         env={var.name: var.value for var in spec.env}, working_dir=spec.working_dir,
@@ -159,7 +160,8 @@ def status_from_result(result: ExecutionResult, *, started: datetime, finished: 
     reason, message = result.reason.value, result.message
     if phase is Phase.SUCCEEDED and result.output_problems:
         phase = Phase.FAILED
-        refused = any("not followed" in p or "not a regular" in p or "directory" in p for p in result.output_problems)
+        refused = any(word in p for p in result.output_problems
+                      for word in ("not followed", "not a regular", "directory", "not digested"))
         reason = "OutputRejected" if refused else "OutputMissing"
         message = "; ".join(result.output_problems)
     elif result.output_problems:
@@ -225,7 +227,7 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
             prepare_working_dir(workspace, task.spec.working_dir)
         except InvalidTask as exc:
             return error_status("InvalidTask", str(exc), node=node)
-        request = request_for(task, workspace, floor=floor)
+        request = request_for(task, workspace, output_limit_bytes=config.max_output_bytes, floor=floor)
         try:
             executor = await select_executor(chain, request)
         except IsolationUnavailable as exc:

@@ -97,7 +97,8 @@ class ReapiWorker:
             cache = LocalCas(self.settings.cache_dir or self.config.work_dir / "cas", self.settings.cache_bytes,
                              remote)
             self._runner = ActionRunner(RunnerSettings(bot_id=self.bot_id, work_dir=self.config.work_dir / "actions",
-                                                       floor=floor), cache, remote, chains)
+                                                       floor=floor, max_output_bytes=self.config.max_output_bytes),
+                                        cache, remote, chains)
             bots = bots_grpc.BotsStub(channel)
             while not self._stopping:
                 try:

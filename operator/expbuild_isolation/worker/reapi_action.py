@@ -32,7 +32,7 @@ from ..api import bounds
 from ..api.messages import shown
 from ..api.quantities import QuantityError, parse_bytes, parse_cpu, parse_quantity
 from ..api.task import IsolationLevel, NetworkMode
-from ..executors.base import ExecutionRequest, NetworkPolicy, ResourceLimits
+from ..executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionRequest, NetworkPolicy, ResourceLimits
 from .reapi_protos import re_pb2
 
 EXECUTORS = ("auto", "host", "namespace", "docker", "podman")
@@ -59,7 +59,7 @@ class ActionPlan:
 
 def plan_action(action: re_pb2.Action, command: re_pb2.Command, workspace: Path, *, task_id: str,
                 floor: IsolationLevel, default_timeout: float = 600.0, max_timeout: float = 3600.0,
-                run_as_user: int | None = 65534) -> ActionPlan:
+                run_as_user: int | None = 65534, max_output_bytes: int = DEFAULT_OUTPUT_LIMIT) -> ActionPlan:
     """Map one REAPI action to a request; raises InvalidAction naming what is wrong."""
     if not command.arguments:
         raise InvalidAction("Command.arguments is empty")
@@ -87,7 +87,7 @@ def plan_action(action: re_pb2.Action, command: re_pb2.Command, workspace: Path,
         working_dir="" if working_dir == "." else working_dir,
         output_paths=tuple(p for p in (outputs or files + dirs) if p != "."),
         limits=limits, timeout_seconds=min(timeout, max_timeout), image=image, minimum_isolation=minimum,
-        seccomp_profile=seccomp, read_only_root=True, run_as_user=run_as_user)
+        seccomp_profile=seccomp, read_only_root=True, run_as_user=run_as_user, output_limit_bytes=max_output_bytes)
     return ActionPlan(request=request, executor=executor, output_files=files, output_directories=dirs,
                       output_paths=outputs, output_prefix="" if working_dir == "." else working_dir)
 

@@ -387,14 +387,19 @@ class LocalCas:
                     raise CasError(f"blob {key(digest)} arrived corrupted")
                 self._commit(digest, tmp)
 
-    def copy_to(self, digest: re_pb2.Digest, target: Path, executable: bool) -> None:
-        """A private copy (never a hard link: the sandbox may chown or rewrite its inputs)."""
-        if digest.size_bytes == 0:
-            target.touch()
-        else:
-            self._touch(key(digest))
-            shutil.copyfile(self.path(digest), target)
-        os.chmod(target, 0o555 if executable else 0o444)
+    def copy_into(self, digest: re_pb2.Digest, dir_fd: int, name: str, executable: bool) -> None:
+        """A private copy named ``name`` in the open directory ``dir_fd`` (never a hard link: the sandbox may
+        chown or rewrite its inputs). Created with O_EXCL | O_NOFOLLOW: never through an existing name."""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+        try:
+            if digest.size_bytes:
+                self._touch(key(digest))
+                with open(self.path(digest), "rb") as source, os.fdopen(os.dup(fd), "wb") as target:
+                    shutil.copyfileobj(source, target, STREAM_CHUNK)
+            os.fchmod(fd, 0o555 if executable else 0o444)
+        finally:
+            os.close(fd)
 
 
 def _file_sha256(path: Path) -> str:

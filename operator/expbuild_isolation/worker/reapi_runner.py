@@ -24,8 +24,8 @@ from pathlib import Path
 from prometheus_client import Counter, Histogram
 
 from ..api.task import IsolationLevel
-from ..executors.base import ExecutionResult, ExecutorUnavailable, IsolationUnavailable, TaskExecutor, \
-    TerminationReason
+from ..executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionResult, ExecutorUnavailable, IsolationUnavailable, \
+    TaskExecutor, TerminationReason
 from ..executors.select import select_executor
 from ..executors.workspace import create_workspace, remove_workspace
 from .reapi_action import ActionPlan, InvalidAction, lease_task_id, plan_action
@@ -56,6 +56,7 @@ class RunnerSettings:
     default_timeout: float = 600.0
     max_timeout: float = 3600.0
     run_as_user: int | None = 65534
+    max_output_bytes: int = DEFAULT_OUTPUT_LIMIT
 
 
 class ActionRunner:
@@ -136,7 +137,7 @@ class ActionRunner:
             command.ParseFromString(self.cas.read(action.command_digest))
         plan = plan_action(action, command, workspace, task_id=lease_task_id(lease_id), floor=self.settings.floor,
                            default_timeout=self.settings.default_timeout, max_timeout=self.settings.max_timeout,
-                           run_as_user=self.settings.run_as_user)
+                           run_as_user=self.settings.run_as_user, max_output_bytes=self.settings.max_output_bytes)
         directories = await fetch_directories(self.cas, action.input_root_digest)
         blobs = input_files(directories)
         with self.cas.pinned(blobs):
@@ -149,7 +150,7 @@ class ActionRunner:
     async def _upload(self, plan: ActionPlan, result: ExecutionResult, workspace: Path) -> re_pb2.ActionResult:
         outputs = await asyncio.to_thread(collect, workspace, files=plan.output_files,
                                           directories=plan.output_directories, paths=plan.output_paths,
-                                          prefix=plan.output_prefix)
+                                          prefix=plan.output_prefix, limit=plan.request.output_limit_bytes)
         action_result = re_pb2.ActionResult(exit_code=result.exit_code)
         outputs.fill(action_result, v21=bool(plan.output_paths))
         stderr = result.stderr

@@ -17,10 +17,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..executors.base import DEFAULT_OUTPUT_LIMIT
+from ..executors.workspace import OutputBudget, OutputRefused, WorkspaceError, hash_file, make_dirs_beneath
 from .reapi_cas import CasError, LocalCas, digest_of, key
 from .reapi_protos import code_pb2, re_pb2
 
@@ -77,21 +80,53 @@ def input_files(directories: dict[str, re_pb2.Directory]) -> list[re_pb2.Digest]
 
 
 def materialize(cas: LocalCas, directories: dict[str, re_pb2.Directory], root: re_pb2.Digest, target: Path) -> int:
-    """Write the tree under ``target``; returns the number of files. Call with the file blobs pinned."""
+    """Write the tree under ``target`` (an empty directory); returns the number of files. Call with the file
+    blobs pinned.
+
+    We write as root, and the tree is the client's: every directory is made by us (mkdirat, so never over an
+    existing name) and entered with O_NOFOLLOW, every file created with O_EXCL | O_NOFOLLOW, and a Directory
+    naming one entry twice (a symlink and a subdirectory, say: the subdirectory's files would go through the
+    link) is refused.
+    """
     count = 0
-    stack = [(root, target)]
-    while stack:
-        digest, path = stack.pop()
-        directory = directories[key(digest)]
-        path.mkdir(exist_ok=True)
-        for node in directory.files:
-            cas.copy_to(node.digest, path / _name(node.name), node.is_executable)
-            count += 1
-        for link in directory.symlinks:
-            os.symlink(link.target, path / _name(link.name))
-        for child in directory.directories:
-            stack.append((child.digest, path / _name(child.name)))
+    root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        stack: list[tuple[re_pb2.Digest, str]] = [(root, "")]
+        while stack:
+            digest, where = stack.pop()
+            directory = directories[key(digest)]
+            names = [_name(n.name) for n in (*directory.files, *directory.symlinks, *directory.directories)]
+            if len(set(names)) != len(names):
+                twice = next(n for n in names if names.count(n) > 1)
+                raise CasError(f"input directory {where or '.'!r} names {twice!r} twice",
+                               code_pb2.INVALID_ARGUMENT)
+            fd = _open_made(root_fd, where)
+            try:
+                for node in directory.files:
+                    cas.copy_into(node.digest, fd, node.name, node.is_executable)
+                    count += 1
+                for link in directory.symlinks:
+                    os.symlink(link.target, link.name, dir_fd=fd)
+                for child in directory.directories:
+                    os.mkdir(child.name, 0o755, dir_fd=fd)
+                    stack.append((child.digest, f"{where}/{child.name}".lstrip("/")))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
     return count
+
+
+def _open_made(root_fd: int, relative: str) -> int:
+    """A directory we made under the root, reopened component by component without following links."""
+    fd = os.dup(root_fd)
+    for part in filter(None, relative.split("/")):
+        try:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = next_fd
+    return fd
 
 
 def _name(name: str) -> str:
@@ -101,10 +136,13 @@ def _name(name: str) -> str:
 
 
 def prepare_output_parents(workspace: Path, paths: list[str]) -> None:
-    """REAPI: the worker creates the parent directory of every output before the command runs."""
+    """REAPI: the worker creates the parent directory of every output before the command runs; never
+    through a symlink of the input root (we are root, the link's target is the client's choice)."""
     for path in paths:
-        parent = (workspace / path).parent
-        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            make_dirs_beneath(workspace, posixpath.dirname(path))
+        except WorkspaceError as exc:
+            raise CasError(f"output {path!r}: {exc}", code_pb2.INVALID_ARGUMENT) from None
 
 
 # -- outputs ------------------------------------------------------------------------------------------------
@@ -131,14 +169,22 @@ class CollectedOutputs:
 
 
 def collect(workspace: Path, *, files: tuple[str, ...] = (), directories: tuple[str, ...] = (),
-            paths: tuple[str, ...] = (), prefix: str = "") -> CollectedOutputs:
-    """Walk the declared outputs (workspace-relative); paths reported relative to ``prefix`` (the workdir)."""
+            paths: tuple[str, ...] = (), prefix: str = "", limit: int = DEFAULT_OUTPUT_LIMIT) -> CollectedOutputs:
+    """Walk the declared outputs (workspace-relative); paths reported relative to ``prefix`` (the workdir).
+
+    ``limit`` bounds the bytes digested for all outputs together, sparse holes counted: an output (a whole
+    directory, if one file in it) that would pass it is a problem, not uploaded.
+    """
     out = CollectedOutputs()
+    budget = OutputBudget(limit)
     root_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for path, expected in [(p, "file") for p in files] + [(p, "dir") for p in directories] + \
                               [(p, "any") for p in paths]:
-            _collect_one(root_fd, workspace, path, expected, _reported(path, prefix), out)
+            try:
+                _collect_one(root_fd, workspace, path, expected, _reported(path, prefix), out, budget)
+            except OutputRefused as exc:
+                out.problems.append(str(exc))
     finally:
         os.close(root_fd)
     return out
@@ -149,7 +195,7 @@ def _reported(path: str, prefix: str) -> str:
 
 
 def _collect_one(root_fd: int, workspace: Path, path: str, expected: str, reported: str,
-                 out: CollectedOutputs) -> None:
+                 out: CollectedOutputs, budget: OutputBudget) -> None:
     parent_fd, name = _open_parent(root_fd, path)
     if parent_fd is None:
         return  # a missing output is not the worker's error: the client decides
@@ -162,13 +208,13 @@ def _collect_one(root_fd: int, workspace: Path, path: str, expected: str, report
             link = re_pb2.OutputSymlink(path=reported, target=os.readlink(name, dir_fd=parent_fd))
             (out.directory_symlinks if expected == "dir" else out.file_symlinks).append(link)
         elif stat.S_ISREG(info.st_mode) and expected in ("file", "any"):
-            digest, executable = _add_file(parent_fd, name, workspace / path, out)
+            digest, executable = _add_file(parent_fd, name, workspace / path, out, budget, reported)
             out.files.append(re_pb2.OutputFile(path=reported, digest=digest, is_executable=executable))
         elif stat.S_ISDIR(info.st_mode) and expected in ("dir", "any"):
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
             try:
                 tree = re_pb2.Tree()
-                tree.root.CopyFrom(_walk_dir(fd, workspace / path, out, {}, tree))
+                tree.root.CopyFrom(_walk_dir(fd, workspace / path, out, {}, tree, budget, reported))
             finally:
                 os.close(fd)
             data = tree.SerializeToString(deterministic=True)
@@ -201,18 +247,20 @@ def _open_parent(root_fd: int, path: str) -> tuple[int | None, str]:
     return fd, parts[-1] if parts else "."
 
 
-def _add_file(dir_fd: int, name: str, host_path: Path, out: CollectedOutputs) -> tuple[re_pb2.Digest, bool]:
+def _add_file(dir_fd: int, name: str, host_path: Path, out: CollectedOutputs, budget: OutputBudget,
+              reported: str) -> tuple[re_pb2.Digest, bool]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         info = os.fstat(fd)
-        hasher = hashlib.sha256()
-        size = 0
-        small = bytearray()
-        while chunk := os.read(fd, _CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-            if size <= _CHUNK:
-                small += chunk
+        budget.take(reported, info.st_size)
+        if info.st_size <= _CHUNK:
+            small = os.read(fd, _CHUNK + 1)
+            if len(small) > info.st_size:
+                raise OutputRefused(f"output {reported!r} grew while it was being digested; not digested")
+            hasher, size = hashlib.sha256(small), len(small)
+        else:
+            small = b""
+            hasher, size = hash_file(fd, reported, info.st_size)
     finally:
         os.close(fd)
     digest = re_pb2.Digest(hash=hasher.hexdigest(), size_bytes=size)
@@ -223,7 +271,7 @@ def _add_file(dir_fd: int, name: str, host_path: Path, out: CollectedOutputs) ->
 
 
 def _walk_dir(fd: int, host_path: Path, out: CollectedOutputs, seen: dict[str, None],
-              tree: re_pb2.Tree) -> re_pb2.Directory:
+              tree: re_pb2.Tree, budget: OutputBudget, reported: str) -> re_pb2.Directory:
     """One Directory message for the open directory ``fd``; children are appended to ``tree.children``."""
     directory = re_pb2.Directory()
     for entry in sorted(os.listdir(fd)):
@@ -231,12 +279,12 @@ def _walk_dir(fd: int, host_path: Path, out: CollectedOutputs, seen: dict[str, N
         if stat.S_ISLNK(info.st_mode):
             directory.symlinks.add(name=entry, target=os.readlink(entry, dir_fd=fd))
         elif stat.S_ISREG(info.st_mode):
-            digest, executable = _add_file(fd, entry, host_path / entry, out)
+            digest, executable = _add_file(fd, entry, host_path / entry, out, budget, f"{reported}/{entry}")
             directory.files.add(name=entry, digest=digest, is_executable=executable)
         elif stat.S_ISDIR(info.st_mode):
             child_fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             try:
-                child = _walk_dir(child_fd, host_path / entry, out, seen, tree)
+                child = _walk_dir(child_fd, host_path / entry, out, seen, tree, budget, f"{reported}/{entry}")
             finally:
                 os.close(child_fd)
             data = child.SerializeToString(deterministic=True)
