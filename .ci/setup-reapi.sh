@@ -38,12 +38,12 @@ if ! "$VENV/bin/bgd" --help >/dev/null 2>&1; then
     "$VENV/bin/pip" install -q "buildgrid==$BUILDGRID_VERSION" psycopg2-binary
 fi
 
-if ! "$PYTHON" -c 'import expbuild_isolation.worker.reapi_protos' >/dev/null 2>&1; then
+if ! "$PYTHON" -c 'import expbuild_isolation.worker.reapi.protos' >/dev/null 2>&1; then
     log "the worker's REAPI extra: pip install -e '.[reapi]'"
     (cd "$(dirname "$0")/.." && "$PYTHON" -m pip install -q -e '.[reapi]')
 fi
 
-"$PYTHON" -c 'import expbuild_isolation.worker.reapi_protos' \
+"$PYTHON" -c 'import expbuild_isolation.worker.reapi.protos' \
     || { log "ERROR: the worker cannot import its REAPI protos"; exit 1; }
 log "ready: $VENV/bin/bgd, bazel-bootstrap $(dpkg-query -W -f='${Version}' bazel-bootstrap 2>/dev/null || echo '?'), \
 $(ls -d /usr/lib/postgresql/*/bin | head -1)"

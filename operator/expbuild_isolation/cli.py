@@ -240,7 +240,7 @@ def _agent(args: argparse.Namespace) -> int:
 def _reapi_worker(args: argparse.Namespace) -> int:
     try:
         from .api.quantities import QuantityError, parse_bytes
-        from .worker.reapi import ReapiSettings, run_reapi_worker
+        from .worker.reapi.worker import ReapiSettings, run_reapi_worker
     except ImportError as exc:
         raise CliError(f"the REAPI worker cannot start: {exc}") from None
     config = load_worker_config(args.config) if args.config else WorkerConfig()

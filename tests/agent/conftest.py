@@ -20,7 +20,7 @@ import pytest
 from expbuild_isolation.agent.api import AgentApi
 from expbuild_isolation.agent.node import AgentSettings, NodeAgent
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.kube.config import OperatorConfig
 from expbuild_isolation.worker.config import WorkerConfig
 from tests.controller.conftest import ALL_VERBS, Api, declare_resources, running_operator

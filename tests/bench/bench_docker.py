@@ -21,8 +21,8 @@ import uuid
 
 from expbuild_isolation.executors.base import ExecutionRequest
 from expbuild_isolation.executors.config import DockerConfig, PodmanConfig
-from expbuild_isolation.executors.docker import DockerExecutor
-from expbuild_isolation.executors.podman import PodmanExecutor
+from expbuild_isolation.executors.containers.docker import DockerExecutor
+from expbuild_isolation.executors.containers.podman import PodmanExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 LOOP = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"
@@ -60,7 +60,7 @@ async def timed_tasks(executor: DockerExecutor, argv: tuple[str, ...], n: int, *
 
 def cli_runs(executor: DockerExecutor, argv: list[str], n: int) -> list[float]:
     """`<engine> run --rm` with the flags the executor uses (seccomp from the same profile, as a file)."""
-    from expbuild_isolation.executors.podman import PodmanExecutor as _P
+    from expbuild_isolation.executors.containers.podman import PodmanExecutor as _P
     profile = _P.seccomp(executor, "RuntimeDefault").split("=", 1)[1]  # writes the profile as a file
     config = executor.config
     samples = []

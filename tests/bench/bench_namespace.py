@@ -30,8 +30,8 @@ import time
 
 from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.launch import DEFAULT_PATH
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.launch import DEFAULT_PATH
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--ro-bind", "/lib", "/lib", "--ro-bind", "/lib64",

@@ -26,7 +26,7 @@ WORKER = """
 import asyncio, sys
 from expbuild_isolation.executors.base import ExecutionRequest, ExecutorUnavailable
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 async def main():

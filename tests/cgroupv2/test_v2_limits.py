@@ -22,7 +22,7 @@ import pytest
 from expbuild_isolation.executors import cgroups
 from expbuild_isolation.executors.base import ExecutionRequest, ExecutionResult, ResourceLimits, TerminationReason
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 PARENT = "expbuild-v2test"

@@ -3,8 +3,8 @@
 from typing import Any
 
 import kopf
-
-from expbuild_isolation.controller.handlers import OperatorState, make_registry, remember_login
+from expbuild_isolation.controller.handlers import make_registry
+from expbuild_isolation.controller.state import OperatorState, remember_login
 from expbuild_isolation.kube.config import OperatorConfig
 
 CONFIG = OperatorConfig.from_env()

@@ -19,8 +19,8 @@ import pytest
 from expbuild_isolation.executors.base import (ExecutionRequest, ExecutorUnavailable, IsolationLevel,
                                                IsolationUnavailable, NetworkPolicy, ResourceLimits, TerminationReason)
 from expbuild_isolation.executors.config import DockerConfig, HostConfig, PodmanConfig
-from expbuild_isolation.executors.docker import DockerExecutor
-from expbuild_isolation.executors.podman import PodmanExecutor
+from expbuild_isolation.executors.containers.docker import DockerExecutor
+from expbuild_isolation.executors.containers.podman import PodmanExecutor
 from expbuild_isolation.executors.select import select_executor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from expbuild_isolation.executors import disk_limit
+from expbuild_isolation.executors.namespace.executor import disk_limit
 from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits, TerminationReason
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the namespace executor needs root (mounts, cgroups)")

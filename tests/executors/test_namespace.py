@@ -18,7 +18,7 @@ from expbuild_isolation.executors import cgroups
 from expbuild_isolation.executors.base import (ExecutionRequest, IsolationUnavailable, NetworkPolicy, ResourceLimits,
                                                TerminationReason)
 from expbuild_isolation.executors.config import NamespaceConfig
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 from expbuild_isolation.worker.config import ConfigError, load_worker_config
 

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from expbuild_isolation.executors import cgroups
-from expbuild_isolation.executors.container_cgroup import ContainerCgroup
+from expbuild_isolation.executors.containers.cgroup import ContainerCgroup
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
 MiB = 1 << 20

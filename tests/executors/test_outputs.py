@@ -65,7 +65,7 @@ def make(name: str):  # type: ignore[no-untyped-def]
     if name == "host":
         return HostExecutor()
     from expbuild_isolation.executors.config import NamespaceConfig
-    from expbuild_isolation.executors.namespace import NamespaceExecutor
+    from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
     return NamespaceExecutor(NamespaceConfig(cgroup_parent="expbuild-test"))
 
 

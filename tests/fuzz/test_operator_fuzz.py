@@ -101,7 +101,7 @@ def test_no_handler_fails_on_any_task_object(bodies):
     assert failures == [], failures[:5]
 
 
-# The cases the fuzzer found, pinned (each failed before handlers.readable): fixtures from tests/controller.
+# The cases the fuzzer found, pinned (each failed before state.readable): fixtures from tests/controller.
 from ..controller.conftest import api, operator, operator_config  # noqa: E402,F401
 
 

@@ -483,7 +483,7 @@ def test_install_manifests_apply_in_order_and_validate() -> None:
 
 
 def test_the_operator_grants_match_what_its_code_calls(defaults: list[dict[str, Any]]) -> None:
-    """Pinned from controller/cluster.py + handlers.py and kopf's needs; test_rbac.py checks them against a recording."""
+    """Pinned from controller/cluster.py, the handlers and kopf's needs; test_rbac.py checks them against a recording."""
     role = one(defaults, "ClusterRole", OPERATOR)
     granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"]}

@@ -22,11 +22,11 @@ from pathlib import Path
 from expbuild_isolation.api.task import NetworkMode
 from expbuild_isolation.executors.base import ExecutionRequest, ExecutorCapabilities
 from expbuild_isolation.executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
-from expbuild_isolation.executors.docker import DockerExecutor
-from expbuild_isolation.executors.docker_spec import capabilities_for
+from expbuild_isolation.executors.containers.docker import DockerExecutor
+from expbuild_isolation.executors.containers.spec import capabilities_for
 from expbuild_isolation.executors.host import HostExecutor
-from expbuild_isolation.executors.namespace import NamespaceExecutor
-from expbuild_isolation.executors.podman import PodmanExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
+from expbuild_isolation.executors.containers.podman import PodmanExecutor
 from expbuild_isolation.executors.select import unmet_requirements
 
 from ..cgroupv2 import suite as guest_suite
@@ -236,7 +236,7 @@ On the development machine (cgroup v1 hybrid); reproduce with the command shown.
   Kernels before 5.19 have no `memory.peak`: no peak memory on v2 there (not proven).
 - The namespace executor cannot run in a container's or pod's own cgroup namespace on a systemd cgroup v2
   machine (cgroup2 mounted `nsdelegate`), so not in the node agent's pod there: its tasks cannot join
-  `/sys/fs/cgroup/<parent>/...`. It says so at its health check (`executors/cgroup_join.py`), so selection
+  `/sys/fs/cgroup/<parent>/...`. It says so at its health check (`executors/namespace/cgroup_join.py`), so selection
   moves on; nesting the tasks' cgroups under the agent's own would need the agent to move itself to a leaf.
 - The namespace executor needs root: there is no unprivileged user-namespace mode.
 - Docker and Podman: no disk limit, no Restricted network mode; a fork refused at the pids limit is not

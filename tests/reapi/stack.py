@@ -41,7 +41,7 @@ def missing_tools() -> list[str]:
     if shutil.which("bazel") is None:
         missing.append("Bazel (apt-get install bazel-bootstrap)")
     try:
-        import expbuild_isolation.worker.reapi_protos  # noqa: F401
+        import expbuild_isolation.worker.reapi.protos  # noqa: F401
     except ImportError as exc:
         missing.append(f"REAPI protos ({exc})")
     if os.geteuid() != 0:

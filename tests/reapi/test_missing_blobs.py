@@ -15,16 +15,16 @@ import os
 import pytest
 
 try:
-    from expbuild_isolation.worker import reapi_protos
+    from expbuild_isolation.worker.reapi import protos as reapi_protos
 except ImportError as exc:
     if os.environ.get("EXPBUILD_REQUIRE_REAPI") == "1":
         raise
     pytest.skip(f"REAPI protos not installed ({exc}); run .ci/setup-reapi.sh", allow_module_level=True)
 from expbuild_isolation.api.task import IsolationLevel  # noqa: E402
-from expbuild_isolation.worker.reapi_cas import (LocalCas, RemoteCas, blob_subject, digest_of,  # noqa: E402
+from expbuild_isolation.worker.reapi.cas import (LocalCas, RemoteCas, blob_subject, digest_of,  # noqa: E402
                                                   missing_blobs_status)
-from expbuild_isolation.worker.reapi_runner import ActionRunner, RunnerSettings  # noqa: E402
-from expbuild_isolation.worker.reapi_tree import missing_inputs  # noqa: E402
+from expbuild_isolation.worker.reapi.runner import ActionRunner, RunnerSettings  # noqa: E402
+from expbuild_isolation.worker.reapi.tree import missing_inputs  # noqa: E402
 
 from .test_bazel_buildgrid import stack  # noqa: E402,F401 - BuildGrid + our namespace worker, one per module
 

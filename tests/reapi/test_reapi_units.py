@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 try:
-    from expbuild_isolation.worker import reapi_protos
+    from expbuild_isolation.worker.reapi import protos as reapi_protos
 except ImportError as exc:
     if os.environ.get("EXPBUILD_REQUIRE_REAPI") == "1":
         raise
     pytest.skip(f"REAPI protos not installed ({exc}); run .ci/setup-reapi.sh", allow_module_level=True)
 from expbuild_isolation.api.task import IsolationLevel, NetworkMode  # noqa: E402
-from expbuild_isolation.worker.reapi_action import InvalidAction, lease_task_id, plan_action  # noqa: E402
-from expbuild_isolation.worker.reapi_cas import LocalCas, digest_of, key  # noqa: E402
-from expbuild_isolation.worker.reapi_cas import CasError  # noqa: E402
-from expbuild_isolation.worker.reapi_tree import collect, materialize, prepare_output_parents  # noqa: E402
+from expbuild_isolation.worker.reapi.action import InvalidAction, lease_task_id, plan_action  # noqa: E402
+from expbuild_isolation.worker.reapi.cas import LocalCas, digest_of, key  # noqa: E402
+from expbuild_isolation.worker.reapi.cas import CasError  # noqa: E402
+from expbuild_isolation.worker.reapi.tree import collect, materialize, prepare_output_parents  # noqa: E402
 
 re_pb2 = reapi_protos.re_pb2
 

@@ -19,7 +19,7 @@ import pytest
 from expbuild_isolation.api.task import ExecutionTask
 from expbuild_isolation.executors.config import NamespaceConfig
 from expbuild_isolation.executors.host import HostExecutor
-from expbuild_isolation.executors.namespace import NamespaceExecutor
+from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
 from expbuild_isolation.worker.config import ConfigError, parse_worker_config
 from expbuild_isolation.worker.local import run_task
 

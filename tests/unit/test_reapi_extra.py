@@ -1,6 +1,6 @@
 """``pip install 'expbuild-isolation[reapi]'`` is all the REAPI worker needs.
 
-Every module the worker takes from outside the standard library (``worker/reapi_protos.py`` is where
+Every module the worker takes from outside the standard library (``worker/reapi/protos.py`` is where
 they all come in) must be installed by a distribution that the ``reapi`` extra or the package's own
 dependencies bring, directly or through their dependencies: nothing installed by hand, as BuildGrid
 once had to be (``--no-deps``). The fresh-venv install itself needs the network, so it is checked
@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
-from expbuild_isolation.worker import reapi_protos
+from expbuild_isolation.worker.reapi import protos as reapi_protos
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -66,7 +66,7 @@ Tasks never see the agent's credentials: the executors pass the task only the
 environment it declares (plus PATH/HOME defaults), and run it in its own mount
 namespace (or container). The namespace executor's root is a fresh tmpfs
 holding read-only binds of /usr, /bin, /sbin, /lib* and a minimal /etc
-(``executors.sandbox_root.HOST_DIRS``) even with ``rootfs = "host"``, so
+(``executors.namespace.sandbox_root.HOST_DIRS``) even with ``rootfs = "host"``, so
 ``/var/run/secrets/kubernetes.io/serviceaccount`` (mounted into the agent's
 own container) is not in the sandbox; a container backend starts from the
 task's image. ``tests/agent`` checks the token path is absent inside a task.

@@ -17,7 +17,8 @@ import kopf
 
 from .. import metrics
 from ..kube.config import OperatorConfig
-from .handlers import OperatorState, load_tenancy, make_registry, remember_login
+from .handlers import load_tenancy, make_registry
+from .state import OperatorState, remember_login
 
 
 def build(config: OperatorConfig, login: Any, *, peering: str | None = None

@@ -13,6 +13,7 @@ phase Pending, reason QuotaExceeded, and ``next_up`` hands it back, oldest first
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,19 +32,25 @@ HOLDING = frozenset({Phase.SCHEDULED, Phase.RUNNING})
 
 
 def order_of(body: dict[str, Any]) -> Order:
-    meta = body.get("metadata") or {}
+    meta = _part(body, "metadata")
     return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
 
 
+def _part(body: Any, name: str) -> dict[str, Any]:
+    """``body[name]`` when it is a mapping, else {} (a task object the models refuse may hold anything)."""
+    value = body.get(name) if isinstance(body, Mapping) else None
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def _key(body: dict[str, Any]) -> str:
-    meta = body.get("metadata") or {}
+    meta = _part(body, "metadata")
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 def _phase(body: dict[str, Any]) -> Phase:
     try:
-        return Phase((body.get("status") or {}).get("phase") or "Pending")
-    except ValueError:
+        return Phase(_part(body, "status").get("phase") or "Pending")
+    except (ValueError, TypeError):
         return Phase.PENDING
 
 
@@ -67,7 +74,7 @@ class Tenancy:
         for namespace in namespaces or [None]:  # type: ignore[list-item]
             tasks += await api.list_items(API_VERSION, "ExecutionTask", namespace)
         for body in tasks:
-            phase, reason = _phase(body), (body.get("status") or {}).get("reason")
+            phase, reason = _phase(body), _part(body, "status").get("reason")
             if phase in HOLDING:
                 self.quotas.started(_key(body))
             elif phase is Phase.PENDING and reason == QUOTA_REASON:
@@ -129,7 +136,7 @@ class Tenancy:
         return sorted({namespace_of(key) for key in self.waiting})
 
     def policy_event(self, body: dict[str, Any], type: str | None) -> None:
-        name = str((body.get("metadata") or {}).get("name") or "")
+        name = str(_part(body, "metadata").get("name") or "")
         if type == "DELETED":
             self.book.drop_policy(name)
         else:
@@ -139,7 +146,7 @@ class Tenancy:
                           "fixed: %s", name, self.book.broken[name].problem)
 
     def namespace_event(self, body: dict[str, Any], type: str | None) -> None:
-        name = str((body.get("metadata") or {}).get("name") or "")
+        name = str(_part(body, "metadata").get("name") or "")
         if type == "DELETED":
             self.book.drop_namespace(name)
         else:

@@ -320,7 +320,7 @@ def oom_kills(memory: Path, version: int) -> int | None:
     """Processes the kernel's OOM killer killed in the cgroup ``memory`` (None: unreadable). v2:
     ``memory.events`` oom_kill, which counts the whole subtree. v1: the oom_kill line of
     ``memory.oom_control``, which counts only the cgroup's OWN processes (a parent never sees its child
-    cgroups' kills: see ``container_cgroup.py`` for how containers are covered there)."""
+    cgroups' kills: see ``containers/cgroup.py`` for how containers are covered there)."""
     counters = _keyed(memory / ("memory.events" if version == 2 else "memory.oom_control"))
     return counters.get("oom_kill")
 

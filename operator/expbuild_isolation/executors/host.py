@@ -26,9 +26,8 @@ from .base import (
     ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable, TerminationReason,
 )
 from .config import HostConfig
-from .disk_limit import chown_tree
 from .logs import BoundedBuffer, pump
-from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
+from .workspace import WorkspaceError, chown_tree, collect_outputs, make_dirs_beneath
 
 _REAPER = Path(__file__).with_name("reaper.py")
 NOBODY = 65534

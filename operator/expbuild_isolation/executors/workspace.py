@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import DEFAULT_OUTPUT_LIMIT, OutputFile
-from .disk_limit import unmount_workspace
+from .mounts import unmount_workspace
 
 _CHUNK = 1 << 20
 
@@ -61,7 +61,7 @@ def place_inputs(workspace: Path, inputs: Iterable[InputBlob]) -> None:
 
 def remove_workspace(workspace: Path) -> None:
     """Delete the workspace whatever the task did to it (read-only dirs included), and the disk-limited
-    tmpfs it may have become (``disk_limit.py``)."""
+    tmpfs it may have become (``namespace/disk_limit.py``, ``mounts.py``)."""
     if not workspace.exists():
         return
     unmount_workspace(workspace)
@@ -219,3 +219,11 @@ def _digest(root_fd: int, path: str, budget: OutputBudget) -> OutputFile:
                           executable=bool(info.st_mode & 0o111))
     finally:
         os.close(fd)
+
+
+def chown_tree(root: Path, uid: int) -> None:
+    """Give ``root`` and everything under it to ``uid`` (links themselves, never their targets)."""
+    os.lchown(root, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, uid)

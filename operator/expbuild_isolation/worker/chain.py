@@ -16,13 +16,13 @@ def build_executor(name: BackendName, config: WorkerConfig) -> TaskExecutor:
         from ..executors.host import HostExecutor
         return HostExecutor(section.host)
     if name == "namespace":
-        from ..executors.namespace import NamespaceExecutor
+        from ..executors.namespace.executor import NamespaceExecutor
         return NamespaceExecutor(section.namespace)
     if name == "docker":
-        from ..executors.docker import DockerExecutor
+        from ..executors.containers.docker import DockerExecutor
         return DockerExecutor(section.docker)
     if name == "podman":
-        from ..executors.podman import PodmanExecutor
+        from ..executors.containers.podman import PodmanExecutor
         return PodmanExecutor(section.podman)
     raise ValueError(f"unknown executor {name!r} (known: host, namespace, docker, podman)")
 

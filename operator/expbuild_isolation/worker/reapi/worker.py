@@ -24,12 +24,12 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.task import IsolationLevel
-from .chain import build_chain
-from .config import WorkerConfig
-from .reapi_cas import LocalCas, RemoteCas
-from .reapi_protos import any_pb2, bots_grpc, bots_pb2, code_pb2, grpc, re_pb2, status_pb2, worker_pb2
-from .reapi_runner import ActionRunner, RunnerSettings
+from ...api.task import IsolationLevel
+from ..chain import build_chain
+from ..config import WorkerConfig
+from .cas import LocalCas, RemoteCas
+from .protos import any_pb2, bots_grpc, bots_pb2, code_pb2, grpc, re_pb2, status_pb2, worker_pb2
+from .runner import ActionRunner, RunnerSettings
 
 LOG = logging.getLogger("expbuild.reapi")
 _OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
@@ -265,7 +265,7 @@ def run_reapi_worker(config: WorkerConfig, settings: ReapiSettings) -> None:
     """Blocking entry point for the CLI."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if settings.metrics_port:
-        from ..metrics import start_metrics_server
+        from ...metrics import start_metrics_server
         start_metrics_server(settings.metrics_port)
     LOG.info("expbuild REAPI worker on %s (%s), floor %s", settings.server, platform.node(),
              config.isolation_minimum)

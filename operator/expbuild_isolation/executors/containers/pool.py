@@ -30,18 +30,18 @@ import re
 import shlex
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import docker.errors
 
-from .base import ExecutionRequest, ExecutionResult, ResourceLimits, TerminationReason
-from .container_cgroup import ContainerCgroup
-from .docker_spec import LABEL_POOL, Placement, limits_class, working_dir_in_container
+from ..base import ExecutionRequest, ExecutionResult, ResourceLimits, TerminationReason
+from ..config import DockerConfig
+from .cgroup import ContainerCgroup
+from .spec import LABEL_POOL, Placement, limits_class, working_dir_in_container
 
-if TYPE_CHECKING:
-    from .docker import DockerExecutor
 
 log = logging.getLogger(__name__)
 POOL_ROOT = Path("/run/expbuild")
@@ -95,8 +95,30 @@ class Slot:
         return self.directory / "ctl" / "go"
 
 
+class Engine(Protocol):
+    """What the pool needs of its executor (Docker or Podman), and nothing more: the pool never imports it."""
+
+    name: str
+    config: DockerConfig
+    cgroup_top: str
+
+    def container_name(self) -> str: ...
+
+    def labels(self, task_id: str) -> dict[str, str]: ...
+
+    def create_arguments(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement,
+                         **extra: Any) -> dict: ...
+
+    def client(self) -> Any: ...
+
+    def remove(self, name: str, cgroup: ContainerCgroup | None) -> None: ...
+
+    def run_container(self, container: Any, request: ExecutionRequest, cgroup: ContainerCgroup, *,
+                      start: Callable[[], Any], running: bool = False) -> Awaitable[ExecutionResult]: ...
+
+
 class WarmPool:
-    def __init__(self, executor: DockerExecutor) -> None:
+    def __init__(self, executor: Engine) -> None:
         self.executor = executor
         self.size = executor.config.pool_size
         self.root = POOL_ROOT / f"{executor.name}-pool-{os.getpid()}"

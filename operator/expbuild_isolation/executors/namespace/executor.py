@@ -37,19 +37,21 @@ import sys
 import time
 from pathlib import Path
 
-from ..api.task import IsolationLevel, NetworkMode
-from . import cgroups, linux, nsinit, seccomp
-from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
+from ...api.task import IsolationLevel, NetworkMode
+from .. import cgroups, linux, seccomp
+from . import nsinit
+from ..base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationUnavailable, TerminationReason)
 from .cgroup_join import join_problem
-from .config import NamespaceConfig
-from .disk_limit import DiskTooSmall, chown_tree, make_disk, release_disk, sweep_disks
+from ..config import NamespaceConfig
+from ..workspace import chown_tree
+from .disk_limit import DiskTooSmall, make_disk, release_disk, sweep_disks
 from .launch import DEFAULT_PATH, LaunchSpec, effective_namespaces
-from .select import unmet_requirements
-from .logs import BoundedBuffer
+from ..select import unmet_requirements
+from ..logs import BoundedBuffer
 from .spares import (POOL, SPARES_PER_SHAPE, Shape, Spare, Zygote, open_tree_works, remove_quietly, spare_in,
                      unique_suffix)
-from .workspace import collect_outputs
+from ..workspace import collect_outputs
 
 
 # The sandbox's own deadline, past the task's timeout: the worker normally ends the task at its timeout; this

@@ -17,7 +17,7 @@ import threading
 
 from docker.utils.socket import STDERR, frames_iter
 
-from .logs import BoundedBuffer
+from ..logs import BoundedBuffer
 
 
 class AttachedOutput:

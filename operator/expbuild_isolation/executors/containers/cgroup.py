@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from .cgroups import CGROUP_ROOT, CgroupError, CgroupStats, TaskCgroup, detect_version, v2_root
+from ..cgroups import CGROUP_ROOT, CgroupError, CgroupStats, TaskCgroup, detect_version, v2_root
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .launch import LaunchSpec, Prepared
-from .linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
+from ..linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount,
                     move_mount, pivot_root, umount)
 
 LAUNCH_ROOT = "/run/expbuild-isolation"

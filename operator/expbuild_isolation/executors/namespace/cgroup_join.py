@@ -14,7 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .cgroups import CGROUP_ROOT, CgroupError, TaskCgroup
+from ..cgroups import CGROUP_ROOT, CgroupError, TaskCgroup
 
 _INIT_CGROUP_NS = 0xEFFFFFFB   # the initial cgroup namespace's inode number (PROC_CGROUP_INIT_INO, linux/proc_ns.h)
 

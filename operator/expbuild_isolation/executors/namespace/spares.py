@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import cgroups, linux, nsinit
+from .. import cgroups, linux
+from . import nsinit
 from .launch import DEFAULT_PATH, LaunchSpec, Prepared
 
 SPARES_PER_SHAPE = int(os.environ.get("EXPBUILD_NAMESPACE_SPARES", "2"))   # 0: every task waits for its own
@@ -254,14 +255,14 @@ class Zygote:
         cls._stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        package_root = str(Path(__file__).resolve().parents[2])
+        package_root = str(Path(__file__).resolve().parents[3])   # .../operator: holds expbuild_isolation
         env = {"PATH": DEFAULT_PATH, "PYTHONPATH": package_root, "PYTHONDONTWRITEBYTECODE": "1"}
         for name in ("EXPBUILD_NSINIT_TRACE", "EXPBUILD_NAMESPACE_SPARE_NICE"):
             if name in os.environ:
                 env[name] = os.environ[name]
         nsinit.open_trace()
         cls._process = subprocess.Popen(
-            [sys.executable, "-m", "expbuild_isolation.executors.nsinit", str(theirs.fileno())],
+            [sys.executable, "-m", "expbuild_isolation.executors.namespace.nsinit", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
         cls._socket = ours

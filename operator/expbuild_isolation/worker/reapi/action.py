@@ -28,12 +28,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import bounds
-from ..api.messages import shown
-from ..api.quantities import QuantityError, parse_bytes, parse_cpu, parse_quantity
-from ..api.task import IsolationLevel, NetworkMode
-from ..executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionRequest, NetworkPolicy, ResourceLimits
-from .reapi_protos import re_pb2
+from ...api import bounds
+from ...api.messages import shown
+from ...api.quantities import QuantityError, parse_bytes, parse_cpu, parse_quantity
+from ...api.task import IsolationLevel, NetworkMode
+from ...executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionRequest, NetworkPolicy, ResourceLimits
+from .protos import re_pb2
 
 EXECUTORS = ("auto", "host", "namespace", "docker", "podman")
 _NETWORKS = {"none": NetworkMode.NONE, "off": NetworkMode.NONE, "localhost": NetworkMode.LOCALHOST,

@@ -22,10 +22,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..executors.base import DEFAULT_OUTPUT_LIMIT
-from ..executors.workspace import OutputBudget, OutputRefused, WorkspaceError, hash_file, make_dirs_beneath
-from .reapi_cas import CasError, LocalCas, digest_of, key
-from .reapi_protos import code_pb2, re_pb2
+from ...executors.base import DEFAULT_OUTPUT_LIMIT
+from ...executors.workspace import OutputBudget, OutputRefused, WorkspaceError, hash_file, make_dirs_beneath
+from .cas import CasError, LocalCas, digest_of, key
+from .protos import code_pb2, re_pb2
 
 _CHUNK = 1 << 20
 

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reapi_protos import bs_grpc, bs_pb2, code_pb2, error_details_pb2, grpc, re_grpc, re_pb2, status_pb2
+from .protos import bs_grpc, bs_pb2, code_pb2, error_details_pb2, grpc, re_grpc, re_pb2, status_pb2
 
 BATCH_BLOB_LIMIT = 1 << 20         # larger blobs go through ByteStream
 BATCH_TOTAL_LIMIT = 3 << 19        # 1.5 MiB of payload per batch request

@@ -37,17 +37,17 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
+from ..base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
-from .config import DockerConfig
-from .cgroups import pid_alive
-from .container_cgroup import ContainerCgroup, sweep_orphans
-from .container_logs import AttachedOutput
-from .docker_pool import WarmPool, sweep_slots
-from .docker_spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
+from ..config import DockerConfig
+from ..cgroups import pid_alive
+from .cgroup import ContainerCgroup, sweep_orphans
+from .output import AttachedOutput
+from .pool import WarmPool, sweep_slots
+from .spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
                           seccomp_option, working_dir_in_container)
-from .select import unmet_requirements
-from .workspace import WorkspaceError, collect_outputs, make_dirs_beneath
+from ..select import unmet_requirements
+from ..workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)

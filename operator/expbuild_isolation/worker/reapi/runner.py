@@ -23,15 +23,15 @@ from pathlib import Path
 
 from prometheus_client import Counter, Histogram
 
-from ..api.task import IsolationLevel
-from ..executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionResult, ExecutorUnavailable, IsolationUnavailable, \
+from ...api.task import IsolationLevel
+from ...executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionResult, ExecutorUnavailable, IsolationUnavailable, \
     TaskExecutor, TerminationReason
-from ..executors.select import select_executor
-from ..executors.workspace import create_workspace, remove_workspace
-from .reapi_action import ActionPlan, InvalidAction, lease_task_id, plan_action
-from .reapi_cas import CasError, LocalCas, MissingBlobs, RemoteCas, digest_of, key, missing_blobs_status
-from .reapi_protos import any_pb2, code_pb2, re_pb2, status_pb2, timestamp_pb2
-from .reapi_tree import collect, fetch_directories, input_files, materialize, missing_inputs, \
+from ...executors.select import select_executor
+from ...executors.workspace import create_workspace, remove_workspace
+from .action import ActionPlan, InvalidAction, lease_task_id, plan_action
+from .cas import CasError, LocalCas, MissingBlobs, RemoteCas, digest_of, key, missing_blobs_status
+from .protos import any_pb2, code_pb2, re_pb2, status_pb2, timestamp_pb2
+from .tree import collect, fetch_directories, input_files, materialize, missing_inputs, \
     prepare_output_parents
 
 LOG = logging.getLogger("expbuild.reapi")

@@ -8,7 +8,7 @@ files where they are. Nothing is copied back: a copy back, done as root into the
 through the workspace's symlinks (a host file overwritten, a root-owned setuid file planted) and turned a
 sparse file into real blocks past the limit.
 
-The workspace stays a mount until ``remove_workspace`` takes it down (``unmount_workspace``). Every such
+The workspace stays a mount until ``remove_workspace`` takes it down (``mounts.unmount_workspace``). Every such
 tmpfs names its worker in its mount source (``expbuild-disk.<pid>``): ``sweep_disks`` unmounts what a
 crashed worker left, wherever it was mounted.
 """
@@ -21,14 +21,14 @@ import os
 import shutil
 from pathlib import Path
 
-from . import cgroups
-from .base import ExecutionRequest, ExecutorError
-from .linux import MS_BIND, MS_NODEV, MS_NOSUID, mount, umount
+from .. import cgroups
+from ..base import ExecutionRequest, ExecutorError
+from ..linux import MS_BIND, MS_NODEV, MS_NOSUID, mount, umount
+from ..mounts import DISK_SOURCE, MNT_DETACH, UMOUNT_NOFOLLOW, disk_mounts
+from ..workspace import chown_tree
 from .sandbox_root import LAUNCH_ROOT
 
 DISK_ROOT = Path(LAUNCH_ROOT) / "disk"
-SOURCE = "expbuild-disk"     # the mount source of every disk tmpfs: "expbuild-disk.<worker pid>"
-_UMOUNT_NOFOLLOW, _MNT_DETACH = 8, 2
 
 
 def make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
@@ -36,7 +36,7 @@ def make_disk(name: str, request: ExecutionRequest, size: int) -> Path:
     task's /tmp (tmp/)."""
     disk = DISK_ROOT / name
     disk.mkdir(parents=True)
-    mount(f"{SOURCE}.{os.getpid()}", str(disk), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
+    mount(f"{DISK_SOURCE}.{os.getpid()}", str(disk), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
     try:
         # The workspace holds only the caller's inputs yet: copied as they are, links as links.
         _copy_inputs(request.workspace, disk / "ws", size)
@@ -66,13 +66,6 @@ def _copy_inputs(workspace: Path, target: Path, size: int) -> None:
                            f"of {size} bytes (the workspace and /tmp share it)") from None
 
 
-def chown_tree(root: Path, uid: int) -> None:
-    os.lchown(root, uid, uid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, uid)
-
-
 def release_disk(disk: Path) -> None:
     """After the task: empty its /tmp (nobody reads it; it holds memory) and drop the tmpfs's own mount
     point. The workspace keeps the tmpfs until it is removed."""
@@ -82,46 +75,16 @@ def release_disk(disk: Path) -> None:
         _remove_disk(disk)
 
 
-def unmount_workspace(workspace: Path) -> None:
-    """Take every disk tmpfs off ``workspace`` (before it is deleted); other mounts there are left alone."""
-    target = os.path.realpath(workspace)
-    while any(point == target for point, _ in _disk_mounts()):
-        umount(target, _MNT_DETACH | _UMOUNT_NOFOLLOW)
-
-
 def sweep_disks() -> None:
     """Unmount the disks of workers that are gone, wherever they are mounted (same owner rule as cgroups)."""
-    for point, owner in sorted(_disk_mounts(), key=lambda m: len(m[0]), reverse=True):
+    for point, owner in sorted(disk_mounts(), key=lambda m: len(m[0]), reverse=True):
         if not cgroups.pid_alive(owner):
             with contextlib.suppress(OSError):
-                umount(point, _MNT_DETACH | _UMOUNT_NOFOLLOW)
+                umount(point, MNT_DETACH | UMOUNT_NOFOLLOW)
     with contextlib.suppress(OSError):
         for entry in DISK_ROOT.iterdir():
             if not cgroups.pid_alive(entry.name.rsplit(".", 1)[-1]):
                 _remove_disk(entry)
-
-
-def _disk_mounts() -> list[tuple[str, str]]:
-    """(mount point, owner pid) of every disk tmpfs in this mount namespace, from /proc/self/mountinfo."""
-    found: list[tuple[str, str]] = []
-    try:
-        handle = open("/proc/self/mountinfo")
-    except FileNotFoundError:   # not Linux: nothing can be mounted by us
-        return found
-    with handle:
-        for line in handle:
-            fields, _, after = line.partition(" - ")
-            kind = after.split()
-            if len(kind) >= 2 and kind[0] == "tmpfs" and kind[1].startswith(f"{SOURCE}."):
-                point = fields.split()[4]
-                found.append((_unescape(point), kind[1].rsplit(".", 1)[-1]))
-    return found
-
-
-def _unescape(path: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
-    return path.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape") \
-        if "\\" in path else path
 
 
 def _remove_disk(disk: Path) -> None:

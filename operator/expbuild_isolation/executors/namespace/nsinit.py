@@ -2,7 +2,7 @@
 
 Why a zygote: starting a Python interpreter per task costs 20-40 ms, and forking
 the worker itself is unsafe (it is an asyncio process with threads). The worker
-starts this module once (``python -m expbuild_isolation.executors.nsinit FD``).
+starts this module once (``python -m expbuild_isolation.executors.namespace.nsinit FD``).
 
 Why spares: most of a sandbox does not depend on its task, and the slowest
 parts are kernel work -- joining a cgroup v1 hierarchy waits for an RCU grace
@@ -50,9 +50,10 @@ import struct
 import sys
 import time
 
-from . import sandbox_root, seccomp
+from . import sandbox_root
+from .. import seccomp
 from .launch import LaunchSpec, Prepared, default_spec, effective_namespaces
-from .linux import CLONE_NEWCGROUP, NAMESPACE_FLAGS, PR_SET_PDEATHSIG, libc, unshare
+from ..linux import CLONE_NEWCGROUP, NAMESPACE_FLAGS, PR_SET_PDEATHSIG, libc, unshare
 from .privileges import drop_bounding_set, drop_privileges, last_cap
 
 _TRACE_FD = -1   # EXPBUILD_NSINIT_TRACE=<file>: every process appends "<slot> <stage> <monotonic ns>" lines

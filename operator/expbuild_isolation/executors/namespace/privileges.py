@@ -9,7 +9,7 @@ import os
 import signal
 
 from .launch import LaunchSpec
-from .linux import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
+from ..linux import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
                     capset_none, check, libc)
 
 _LAST_CAP: list[int] = []

@@ -3,7 +3,7 @@
 The same lifecycle and hardening as ``DockerExecutor``; what differs is the
 engine's dialect: Podman reads ``seccomp=`` as a file path (not inline JSON),
 never reports ``OOMKilled`` (the base class reads OOM kills from the task's
-parent cgroup, see ``container_cgroup.py``), and can map users through a user
+parent cgroup, see ``cgroup.py``), and can map users through a user
 namespace (``userns``), in which case the task's uid is not a host uid and the
 workspace is opened to every uid instead of chowned.
 """
@@ -15,10 +15,10 @@ import json
 import os
 from pathlib import Path
 
-from .base import ExecutionRequest, ResourceLimits
-from .config import PodmanConfig
+from ..base import ExecutionRequest, ResourceLimits
+from ..config import PodmanConfig
 from .docker import DockerExecutor
-from .docker_spec import Placement, engine_profile
+from .spec import Placement, engine_profile
 
 SECCOMP_DIR = Path("/run/expbuild/seccomp")
 

@@ -13,9 +13,9 @@ import json
 import posixpath
 from dataclasses import dataclass
 
-from ..api.task import IsolationLevel, NetworkMode
-from .base import ExecutionRequest, ExecutorCapabilities, ResourceLimits
-from .config import DockerConfig
+from ...api.task import IsolationLevel, NetworkMode
+from ..base import ExecutionRequest, ExecutorCapabilities, ResourceLimits
+from ..config import DockerConfig
 
 WORKSPACE = "/workspace"
 LABEL_TASK = "expbuild.io/task-id"
@@ -58,7 +58,7 @@ def seccomp_option(profile_name: str, *, as_file: str | None = None) -> str:
 
 def engine_profile(profile_name: str) -> dict:
     """Our OCI profile, as Docker and Podman take it."""
-    from .seccomp import oci_profile
+    from ..seccomp import oci_profile
     return oci_profile(profile_name)
 
 
