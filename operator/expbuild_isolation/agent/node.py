@@ -1,4 +1,8 @@
-"""One node's agent: advertise, claim, run, report. See the package docstring for the why."""
+"""One node's agent: advertise, claim, run, report. See the package docstring for the why.
+
+What it may run is decided in ``admission`` and ``tenancy``, how it tells the cluster in ``report``; this
+module is the loops that tie them together, which keeps it near 400 lines.
+"""
 
 from __future__ import annotations
 

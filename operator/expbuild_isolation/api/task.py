@@ -13,16 +13,35 @@ from __future__ import annotations
 
 import posixpath
 import re
-from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from . import bounds
 from .messages import shown
-from .quantities import DURATION_PATTERN, QuantityError, parse_bytes, parse_cpu, parse_duration, parse_quantity
+from .model import (
+    FINISHED_PHASES,
+    IsolationLevel,
+    Model,
+    NetworkMode,
+    ObjectMeta,
+    Phase,
+)
+from .quantities import (
+    DURATION_PATTERN,
+    QuantityError,
+    parse_bytes,
+    parse_cpu,
+    parse_duration,
+    parse_quantity,
+)
+from .status import Condition, ExecutionTaskStatus, LogTails, OutputRecord, TaskStats
 
 GROUP = "expbuild.io"
 VERSION = "v1alpha1"
@@ -40,13 +59,6 @@ PATH_RULES = [
     {"rule": "!self.startsWith('/')", "message": "must be a relative path inside the workspace"},
     {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "must not contain '..'"},
 ]
-
-
-class Model(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              use_enum_values=False, validate_default=True)
 
 
 def _no_nul(value: str) -> str:
@@ -78,57 +90,6 @@ def workspace_path(value: str, *, field: str, allow_root: bool = False) -> str:
     return normal
 
 
-class IsolationLevel(str, Enum):
-    """How strongly a task is kept from the host, weakest first."""
-
-    NONE = "None"
-    PROCESS = "Process"
-    FILESYSTEM = "Filesystem"
-    CONTAINER = "Container"
-    VM = "VM"
-
-    @property
-    def rank(self) -> int:
-        return list(IsolationLevel).index(self)
-
-    # All four, not functools.total_ordering: str already defines them, and max() or >= would then compare
-    # the names ("None" > "Container").
-    def __lt__(self, other: object) -> bool:
-        return self.rank < other.rank if isinstance(other, IsolationLevel) else NotImplemented
-
-    def __le__(self, other: object) -> bool:
-        return self.rank <= other.rank if isinstance(other, IsolationLevel) else NotImplemented
-
-    def __gt__(self, other: object) -> bool:
-        return self.rank > other.rank if isinstance(other, IsolationLevel) else NotImplemented
-
-    def __ge__(self, other: object) -> bool:
-        return self.rank >= other.rank if isinstance(other, IsolationLevel) else NotImplemented
-
-
-class NetworkMode(str, Enum):
-    NONE = "None"
-    LOCALHOST = "Localhost"
-    RESTRICTED = "Restricted"
-    FULL = "Full"
-
-
-class Phase(str, Enum):
-    PENDING = "Pending"
-    SCHEDULED = "Scheduled"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    TIMED_OUT = "TimedOut"
-    CANCELLED = "Cancelled"
-    ERROR = "Error"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_PHASES
-
-
-FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.CANCELLED, Phase.ERROR})
 
 ExecutorName = Literal["auto", "job", "agent", "docker", "podman", "namespace", "host"]
 
@@ -401,70 +362,9 @@ class ExecutionTaskSpec(Model):
         return parse_duration(self.timeout)
 
 
-class TaskStats(Model):
-    cpu_time_seconds: float | None = Field(None, description="User + system CPU time of the whole task.")
-    peak_memory_bytes: int | None = Field(None, description="Highest memory use seen.")
-    disk_read_bytes: int | None = Field(None, description="Bytes read from block devices, where measured.")
-    disk_write_bytes: int | None = Field(None, description="Bytes written to block devices, where measured.")
-
-
-class LogTails(Model):
-    stdout_tail: str = Field("", description="Last part of standard output.")
-    stderr_tail: str = Field("", description="Last part of standard error.")
-    truncated: bool = Field(False, description="True when the tails are shorter than the logs.")
-
-
-class OutputRecord(Model):
-    path: str = Field(description="Path relative to the workspace.")
-    sha256: str = Field(description="Hex SHA-256 of the content.")
-    size_bytes: int = Field(description="Size in bytes.")
-    executable: bool = Field(False, description="Executable bit set.")
-
-
-class Condition(Model):
-    type: str = Field(description="Scheduled, Started or Finished.")
-    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
-    reason: str = Field("", description="Machine-readable cause of the last transition.")
-    message: str = Field("", description="Human-readable detail of the last transition.")
-    last_transition_time: datetime | None = Field(None, description="When status last changed.")
-
-
-class ExecutionTaskStatus(Model):
-    model_config = ConfigDict(extra="ignore")
-
-    phase: Phase = Field(Phase.PENDING, description="Pending Scheduled Running Succeeded Failed TimedOut "
-                         "Cancelled Error.")
-    reason: str = Field("", description="Machine-readable why: Completed, NonZeroExit, OOMKilled, "
-                        "DeadlineExceeded, Evicted, AgentLost, Rejected, IsolationUnavailable, ...")
-    message: str = Field("", description="Human-readable detail.")
-    executor: str = Field("", description="The backend that really ran the task.")
-    isolation_level: IsolationLevel | None = Field(None, description="The isolation the task really got.")
-    node: str = Field("", description="Node (or host) the task ran on.")
-    image_id: str | None = Field(None, alias="imageID", description="The image that ran, by content: the engine's image ID "
-                          "(sha256:...) for Docker and Podman, the kubelet's containerStatuses[].imageID on the Job "
-                          "path. A tag is resolved once, when the container is created.")
-    exit_code: int | None = Field(None, description="Exit code; 124 after a timeout, 128+N after signal N.")
-    start_time: datetime | None = Field(None, description="When the command started.")
-    completion_time: datetime | None = Field(None, description="When the task reached a finished phase.")
-    duration_seconds: float | None = Field(None, description="Wall-clock run time of the command in seconds.")
-    stats: TaskStats | None = Field(None, description="Resource use measured by the executor.")
-    logs: LogTails | None = Field(None, description="Bounded tails of the command's output.")
-    outputs: list[OutputRecord] = Field(default_factory=list, description="Collected output files with digests.")
-    conditions: list[Condition] = Field(default_factory=list, description="Standard Kubernetes conditions.")
-    observed_generation: int | None = Field(None, description="spec generation this status describes.")
-
-
-class ObjectMeta(BaseModel):
-    """The slice of ObjectMeta this project reads; everything else is kept as is."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
-
-    name: str = Field("", max_length=253)
-    namespace: str = ""
-    uid: str = ""
-    generation: int | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+__all__ = ["FINISHED_PHASES", "Condition", "ExecutionTask", "ExecutionTaskSpec", "ExecutionTaskStatus",
+           "IsolationLevel", "LogTails", "Model", "NetworkMode", "ObjectMeta", "OutputRecord", "Phase",
+           "TaskStats"]
 
 
 class ExecutionTask(Model):

@@ -1,7 +1,11 @@
 """Run tasks in containers through the Docker Engine API (seed sections 4.1 and 5.1).
 
+One class holds one engine's whole lifecycle, in the order of its steps, which is why this module runs a
+little past 400 lines: the pieces that stand alone already live beside it (``spec``, ``pool``, ``cgroup``,
+``output``).
+
 Lifecycle of one task: create (or take a warm container) -> attach to its
-output (``container_logs.py``: each stream's tail, read live) -> start -> wait
+output (``output.py``: each stream's tail, read live) -> start -> wait
 with the deadline -> on timeout kill (exit 124) -> exit state and OOM kills
 (exit 137) -> stats from the task's parent cgroup -> outputs -> remove.
 Removal happens on every path, cancellation included: the container has a

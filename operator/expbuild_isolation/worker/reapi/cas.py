@@ -1,5 +1,8 @@
 """Content-addressable storage for the REAPI worker: the server's CAS and a local, size-bounded cache.
 
+(A little over 400 lines: the two share the digest checks and the error mapping to gRPC codes, which
+would otherwise be a third module imported by both and nothing else.)
+
 ``RemoteCas`` speaks ContentAddressableStorage and ByteStream: small blobs in
 batches, large ones streamed (a batch must stay under the server's ~2 MiB
 message limit). ``LocalCas`` keeps fetched blobs on disk by digest so repeated
