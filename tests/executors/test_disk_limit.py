@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from expbuild_isolation.executors.namespace.executor import disk_limit
+from expbuild_isolation.executors.namespace import disk_limit
 from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits, TerminationReason
 from expbuild_isolation.executors.config import NamespaceConfig
 from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
