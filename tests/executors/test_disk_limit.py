@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from expbuild_isolation.executors.mounts import DISK_SOURCE
 from expbuild_isolation.executors.namespace import disk_limit
 from expbuild_isolation.executors.base import ExecutionRequest, ResourceLimits, TerminationReason
 from expbuild_isolation.executors.config import NamespaceConfig
@@ -25,7 +26,7 @@ MiB = 1 << 20
 
 def disk_mounts() -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if f" - tmpfs {disk_limit.SOURCE}." in line]
+            if f" - tmpfs {DISK_SOURCE}." in line]
 
 
 async def test_the_workspace_is_the_limited_tmpfs_until_it_is_removed():
@@ -55,7 +56,7 @@ def test_the_sweep_unmounts_the_disks_of_a_dead_worker(tmp_path):
     theirs = tmp_path / "theirs with space"
     for point, owner in ((mine, os.getpid()), (theirs, dead.pid)):
         point.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", f"{disk_limit.SOURCE}.{owner}", str(point)],
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", f"{DISK_SOURCE}.{owner}", str(point)],
                        check=True)
     try:
         disk_limit.sweep_disks()
