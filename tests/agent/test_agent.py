@@ -87,6 +87,9 @@ async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, op
             f"test ! -e {SECRETS} && mkdir -p out && echo hi > out/greeting && echo done",
             outputs={"paths": ["out/greeting"]})))
         task = await eventually(lambda: _phase(api, "ns-hello", "Succeeded"), timeout=30, what="Succeeded")
+        # Events go out from queues: wait for them before the agent stops, not after.
+        await eventually(lambda: _true({"Scheduled", "Started", "Completed"}
+                                       <= {e.get("reason") for e in api.events_for("ns-hello")}), what="the events")
     status = task["status"]
     assert (status["executor"], status["isolationLevel"], status["node"]) == ("namespace", "Container", "n1")
     assert (status["exitCode"], status["reason"]) == (0, "Completed")
@@ -120,6 +123,8 @@ async def test_two_agents_racing_for_the_same_tasks_run_each_exactly_once(api, k
             running_agent(kmock, worker_config, "n1", agent_id="n1-b", counting=counting):
         for name in names:
             await eventually(lambda name=name: _phase(api, name, "Succeeded"), timeout=30, what=f"{name} Succeeded")
+            await eventually(lambda name=name: _true("Completed" in {e.get("reason") for e in api.events_for(name)}),
+                             what=f"{name}'s Completed event")
     assert sorted(counting.runs) == sorted(f"uid-{name}" for name in names)  # each once, none twice
     # each run reported to its end (a poll seeing its own final status must not cut it short)
     await eventually(lambda: _true(succeeded._value.get() - before == len(names)), timeout=5, what="metrics")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from expbuild_isolation.api.task import IsolationLevel
-from tests.agent.test_agent import advertise
+from tests.agent.test_agent import _true, advertise
 
 from .conftest import TASKS, eventually, task_body
 from .test_operator import _phase, job_pod, kubelet_completes
@@ -68,7 +68,9 @@ async def test_deleting_an_unfinished_agent_task_cancels_it_first(api, operator)
     await eventually(lambda: _has(api, "leaving"), what="the finalizer on the placed task")
     await api.delete(f"{TASKS}/leaving")
     await eventually(lambda: _gone(api, "leaving"), what="the task deleted")
-    assert "Cancelled" in {e["reason"] for e in api.events_for("leaving")}  # the agent was told to stop
+    # the agent was told to stop (kopf posts events from a queue: wait for it)
+    await eventually(lambda: _true("Cancelled" in {e["reason"] for e in api.events_for("leaving")}),
+                     what="the Cancelled event")
 
 
 async def _gone(api, name):
