@@ -6,8 +6,10 @@ admission policy at the API server checks the same rules in CEL (``kube/admissio
 Several policies selecting one namespace combine to the strictest (``combine``): the highest floor, the
 intersection of every allow-list, the lowest of every cap, digest pinning if any policy asks for it, the
 smallest quota, and a signature by a publisher each verifying policy trusts. A task passes only if it passes
-every policy, so each violation names the policy that refuses it. A policy that raises instead of refusing (``belowMinimum: Raise``) does not refuse a task asking
-for less: it raises the task's floor (``Judgement.floor``), and the highest raise wins.
+every policy, so each violation names the policy that refuses it. A policy that raises instead of refusing
+(``belowMinimum: Raise``) does not refuse a task asking for less: it raises the task's floor
+(``Judgement.floor``), and the highest raise wins. An image without a trusted signature is refused with its
+own reason, UntrustedImage, when nothing else is wrong (``Judgement.reason``).
 """
 
 from __future__ import annotations
