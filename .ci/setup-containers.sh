@@ -2,7 +2,9 @@
 # Prepare Docker, Podman and gVisor for the executor tests on a fresh Debian 12, as root.
 #
 # Idempotent: reruns skip what is already installed, running or built. No image
-# registry is needed: the test images are assembled from Debian packages.
+# registry is needed: the test images are assembled from Debian packages. Debian's
+# docker-registry is installed but not started here: tests/executors/test_signed_images.py
+# starts its own on a loopback port (Docker records a manifest digest only for a pushed image).
 #
 #   bash .ci/setup-containers.sh
 #
@@ -35,7 +37,7 @@ wait_for() {  # wait_for <what> <command...>: retry until the command succeeds o
 
 install_packages() {
     local missing=()
-    for pkg in docker.io podman runsc busybox-static debootstrap; do
+    for pkg in docker.io podman runsc busybox-static debootstrap docker-registry; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -eq 0 ]; then

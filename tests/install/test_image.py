@@ -148,7 +148,9 @@ def test_the_image_is_slim():
     assert size < SIZE_BUDGET, f"{IMAGE} is {size / 1e6:.0f} MB, over the {SIZE_BUDGET / 1e6:.0f} MB budget"
 
 
-SIZE_BUDGET = 160_000_000
+# 150.7 MB (docker) before image signatures; cryptography's Rust/OpenSSL extension, cffi and pycparser add
+# 17.9 MB to the venv (173 MB as podman measures the image built with them).
+SIZE_BUDGET = 180_000_000
 
 
 def test_tls_verifies_with_the_image_ca_bundle():

@@ -24,6 +24,7 @@ from tests.install.chart import CHART, HELM, NO_HELM, find, one, render_chart, t
 from .kubernetes_cel import program
 from .manifests import task as task_manifest
 from .policy_cases import ALLOWED, VIOLATIONS
+from .signature_cases import Publisher, cases, verifying
 from .test_crd import ApiServer
 
 pytestmark = pytest.mark.skipif(HELM is None, reason=NO_HELM)
@@ -151,3 +152,35 @@ def test_every_policy_that_refuses_is_named(admission):
 
 def test_no_policy_admits_everything(admission):
     assert admission.refusals(task_manifest(isolation={"minimum": "None", "seccompProfile": "Unconfined"}), [], {}) == []
+
+
+# --- image signatures: CEL sees the digest and the annotations, not the signature ---------------------------
+
+
+def _signature_cases():  # type: ignore[no-untyped-def]
+    trusted = Publisher("ci-release")
+    return cases("registry.local/ci/app", "sha256:" + "5e" * 32, trusted, Publisher("other")), verifying(trusted)
+
+
+@pytest.mark.parametrize("case", ["unpinned", "unsigned"])
+def test_an_unpinned_or_unsigned_image_is_refused_with_the_operators_words(admission, case):
+    found, rules = _signature_cases()
+    task = task_manifest(image=found[case].image)
+    task["metadata"]["annotations"] = found[case].annotations
+    governing = [policy("signed", **rules)]
+    refused = admission.refusals(task, governing, {})
+    assert refused == judged(task, governing, {}) and len(refused) == 1
+    assert all(words in refused[0] for words in found[case].words)
+    assert admission.refusals(task, [policy("no-knob")], {}) == []  # the control
+
+
+@pytest.mark.parametrize("case", ["signed", "other-key", "other-digest", "other-repository"])
+def test_what_cel_cannot_verify_it_admits_and_leaves_to_the_operator(admission, case):
+    """No ECDSA, base64 or JSON in CEL: a pinned image with both annotations passes the API server; the
+    operator and the agent judge the signature itself (and refuse all but the signed one)."""
+    found, rules = _signature_cases()
+    task = task_manifest(image=found[case].image)
+    task["metadata"]["annotations"] = found[case].annotations
+    governing = [policy("signed", **rules)]
+    assert admission.refusals(task, governing, {}) == []
+    assert bool(judged(task, governing, {})) is (case != "signed")

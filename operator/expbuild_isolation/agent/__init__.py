@@ -27,7 +27,8 @@ What it does (``agent.node.NodeAgent``):
   ``--allow-host-executor``; Unconfined and floors below Container only for
   ``--weak-isolation-namespace``; no more cpu or memory than the node has. Then
   ``agent.tenancy`` judges it against the ExecutionPolicies as they are now
-  (a task placed before a policy changed ends Error/PolicyViolation) and
+  (a task placed before a policy changed ends Error/PolicyViolation, or
+  Error/UntrustedImage for an image without a trusted signature) and
   raises its floor where a policy says so;
   ConfigMap inputs are fetched from the task's own namespace into memory;
 - patches the status (Running, then the final phase with reason, exitCode,

@@ -36,4 +36,4 @@ async def judgement(api: AgentApi, task: ExecutionTask) -> Judgement | Refusal:
 def refusal(verdict: Judgement | Refusal) -> Refusal | None:
     if isinstance(verdict, Refusal):
         return verdict
-    return None if verdict.allowed else Refusal("PolicyViolation", verdict.refusal())
+    return None if verdict.allowed else Refusal(verdict.reason, verdict.refusal())

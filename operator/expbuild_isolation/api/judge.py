@@ -5,9 +5,11 @@ admission policy at the API server checks the same rules in CEL (``kube/admissio
 
 Several policies selecting one namespace combine to the strictest (``combine``): the highest floor, the
 intersection of every allow-list, the lowest of every cap, digest pinning if any policy asks for it, the
-smallest quota. A task passes only if it passes every policy, so each violation names the policy that
-refuses it. A policy that raises instead of refusing (``belowMinimum: Raise``) does not refuse a task asking
-for less: it raises the task's floor (``Judgement.floor``), and the highest raise wins.
+smallest quota, and a signature by a publisher each verifying policy trusts. A task passes only if it passes
+every policy, so each violation names the policy that refuses it. A policy that raises instead of refusing
+(``belowMinimum: Raise``) does not refuse a task asking for less: it raises the task's floor
+(``Judgement.floor``), and the highest raise wins. An image without a trusted signature is refused with its
+own reason, UntrustedImage, when nothing else is wrong (``Judgement.reason``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from . import signatures
 from .policy import BelowMinimum, ExecutionPolicy, image_pattern_regex
 from .quantities import parse_bytes, parse_cpu, parse_duration
 from .task import ALLOW_ENTRY, ExecutionTask, IsolationLevel, NetworkMode
 
 T = TypeVar("T")
+POLICY_VIOLATION = "PolicyViolation"
+UNTRUSTED_IMAGE = "UntrustedImage"
 DIGEST_SUFFIX = "@sha256:"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -35,9 +40,11 @@ class Violation:
     policy: str
     accepted: str
     by: str = "ExecutionPolicy"  # what the policy is to a reader ("the worker config's" for a local [policy])
+    reason: str = POLICY_VIOLATION  # UntrustedImage: the image is not signed by a publisher the policy trusts
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.value} is not allowed by {self.by} {self.policy} ({self.accepted})"
+        verb = "trusted" if self.reason == UNTRUSTED_IMAGE else "allowed"
+        return f"{self.field}: {self.value} is not {verb} by {self.by} {self.policy} ({self.accepted})"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,14 @@ class Allowed:
     """One policy's allow-list for a knob."""
 
     values: tuple[str, ...]
+    policy: str
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """One verifying policy's publishers: (name, PEM public key) each."""
+
+    publishers: tuple[tuple[str, str], ...]
     policy: str
 
 
@@ -85,6 +100,7 @@ class Strictest:
     restricted_cidrs: tuple[Allowed, ...] = ()
     images: tuple[Allowed, ...] = ()
     require_digest: Bound[bool] | None = None
+    trusted: tuple[Trusted, ...] = ()  # every policy with verifySignature: a signer each of them trusts
     max_unfinished_tasks: Bound[int] | None = None
 
     @property
@@ -138,7 +154,7 @@ def _highest(current: Bound[T] | None, value: T | None, policy: str) -> Bound[T]
 def combine(policies: Iterable[ExecutionPolicy]) -> Strictest:
     """The strictest combination of ``policies`` (all of them apply), each knob naming its policy."""
     out: dict[str, object] = {"policies": (), "executors": (), "runtime_classes": (), "seccomp_profiles": (),
-                              "network_policies": (), "restricted_cidrs": (), "images": ()}
+                              "network_policies": (), "restricted_cidrs": (), "images": (), "trusted": ()}
     bounds: dict[str, Bound | None] = dict.fromkeys(  # type: ignore[type-arg]
         ["refuse_below", "raise_to", "max_cpu", "max_memory", "max_disk", "max_pids", "max_timeout",
          "require_digest", "max_unfinished_tasks"])
@@ -163,6 +179,9 @@ def combine(policies: Iterable[ExecutionPolicy]) -> Strictest:
                                    ("max_unfinished_tasks", int, spec.max_unfinished_tasks)):
             if value is not None:
                 bounds[knob] = _lowest(bounds[knob], parse(value), name, str(value))
+        if spec.images.verify_signature:
+            keys = tuple((p.name, p.public_key) for p in spec.images.trusted_publishers or [])
+            out["trusted"] = (*out["trusted"], Trusted(keys, name))  # type: ignore[misc]
         if spec.images.require_digest:
             bounds["require_digest"] = Bound(True, name if bounds["require_digest"] is None
                                              else bounds["require_digest"].policy)  # type: ignore[union-attr]
@@ -184,6 +203,13 @@ class Judgement:
     def allowed(self) -> bool:
         return not self.violations
 
+    @property
+    def reason(self) -> str:
+        """UntrustedImage when an image's signature is all that is wrong, else PolicyViolation."""
+        if self.violations and all(v.reason == UNTRUSTED_IMAGE for v in self.violations):
+            return UNTRUSTED_IMAGE
+        return POLICY_VIOLATION
+
     def refusal(self) -> str:
         """One message for status and Event: every violation, each naming its policy."""
         return "; ".join(str(v) for v in self.violations)
@@ -201,10 +227,16 @@ def selecting(policies: Iterable[ExecutionPolicy], namespace_labels: Mapping[str
     return sorted((p for p in policies if p.spec.namespace_selector.selects(labels)), key=lambda p: p.name)
 
 
-def judge(task: ExecutionTask, policies: Iterable[ExecutionPolicy], namespace_labels: Mapping[str, str]) -> Judgement:
-    """Every violation of ``task`` against the policies selecting its namespace, and the raised floor."""
+def judge(task: ExecutionTask, policies: Iterable[ExecutionPolicy], namespace_labels: Mapping[str, str], *,
+          bundle: signatures.Bundle | None = None, missing: str = signatures.NO_SIGNATURE) -> Judgement:
+    """Every violation of ``task`` against the policies selecting its namespace, and the raised floor.
+
+    ``bundle`` is the image's signature where the caller found one; else the task's annotations are read,
+    and ``missing`` says where a signature was looked for when there is none.
+    """
     rules = combine(selecting(policies, namespace_labels))
-    violations = [*_isolation(task, rules), *_resources(task, rules), *_network(task, rules), *_images(task, rules)]
+    violations = [*_isolation(task, rules), *_resources(task, rules), *_network(task, rules), *_images(task, rules),
+                  *_signatures(task, rules, bundle, missing)]
     asked = task.spec.isolation.minimum
     floor = rules.raise_to if rules.raise_to is not None and asked < rules.raise_to.value else None
     if floor is not None and task.spec.isolation.seccomp_profile == "Unconfined":
@@ -294,4 +326,19 @@ def _images(task: ExecutionTask, rules: Strictest) -> list[Violation]:
     if rules.require_digest is not None and not pinned(image):
         found.append(Violation("spec.image", repr(image), rules.require_digest.policy,
                                "images must be pinned by digest: name@sha256:<64 hex digits>"))
+    return found
+
+
+def _signatures(task: ExecutionTask, rules: Strictest, bundle: signatures.Bundle | None,
+                missing: str) -> list[Violation]:
+    image = task.spec.image
+    if not image or not rules.trusted:
+        return []
+    if bundle is None:
+        bundle = signatures.from_annotations(task.metadata.annotations)
+    found = []
+    for trusted in rules.trusted:
+        problem = signatures.distrust(image, bundle, trusted.publishers, missing)
+        if problem is not None:
+            found.append(Violation("spec.image", repr(image), trusted.policy, problem, reason=UNTRUSTED_IMAGE))
     return found

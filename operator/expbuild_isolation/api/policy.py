@@ -3,9 +3,9 @@
 An ExecutionPolicy selects namespaces by label and says what tasks there may ask for: the lowest
 ``isolation.minimum`` (and whether a task asking less is raised to it or refused), which executors,
 RuntimeClasses and seccomp profiles, how much cpu, memory, disk, pids and time, which network policies and
-which CIDRs a Restricted task may reach, which images (and whether they must be pinned by digest), and
-how many unfinished tasks a namespace may have at once. An absent knob allows anything; an empty list
-allows nothing.
+which CIDRs a Restricted task may reach, which images (whether they must be pinned by digest, and whose
+signatures they must carry), and how many unfinished tasks a namespace may have at once. An absent knob
+allows anything; an empty list allows nothing.
 
 These models are the single source of the CRD (``api.crd.build_policy_crd``) and of the worker file's
 ``[policy]`` section. Judging a task against policies is ``api.judge``; this module only describes them.
@@ -18,10 +18,13 @@ import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pathlib import Path
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .bounds import QUANTITY_PATTERN
 from .quantities import QuantityError, parse_bytes, parse_cpu, parse_duration
+from .signatures import UnusableKey, public_key
 from .task import (
     API_VERSION,
     GROUP,
@@ -44,6 +47,8 @@ IMAGE_PATTERN = r"^[-a-zA-Z0-9._/:@*]+$"
 # Go durations, so that the admission policy's CEL can read them with duration().
 GO_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 CIDR_PATTERN = r"^([0-9]{1,3}[.]){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]*:[0-9a-fA-F:.]*/[0-9]{1,3}$"
+PUBLISHER_NAME_PATTERN = r"^[-a-zA-Z0-9._@/]+$"
+PEM_PATTERN = r"^\s*-----BEGIN PUBLIC KEY-----"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
 
@@ -170,12 +175,64 @@ class NetworkRules(Model):
         return values
 
 
+class TrustedPublisher(Model):
+    """Someone whose image signatures an administrator trusts: a name for messages and their public key."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=PUBLISHER_NAME_PATTERN,
+                      description="Who signs (named in refusals), e.g. ci-release.")
+    public_key: str = Field(max_length=4096, pattern=PEM_PATTERN, description="Their cosign public key "
+                            "(cosign.pub: PEM, ECDSA P-256).")
+
+    @field_validator("public_key")
+    @classmethod
+    def _usable(cls, value: str) -> str:
+        try:
+            public_key(value)
+        except UnusableKey as exc:
+            raise ValueError(f"publicKey: {exc}") from None
+        return value
+
+
+VERIFY_NEEDS_PUBLISHERS = "verifySignature needs at least one trustedPublishers entry (name and publicKey)"
+PUBLISHERS_NEED_VERIFY = "trustedPublishers are used only with verifySignature: true"
+
+
 class ImageRules(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!self.verifySignature || (has(self.trustedPublishers) && size(self.trustedPublishers) > 0)",
+         "message": VERIFY_NEEDS_PUBLISHERS},
+        {"rule": "!has(self.trustedPublishers) || self.verifySignature", "message": PUBLISHERS_NEED_VERIFY}]})
+
     allowed: list[Annotated[str, Field(max_length=1024, pattern=IMAGE_PATTERN)]] | None = Field(
         None, max_length=256, description="Patterns a task's spec.image must match ('*' matches anything, e.g. "
                                           "registry.local/ci/*); a task without an image is not affected. Absent: "
                                           "any.")
     require_digest: bool = Field(False, description="Images must be pinned by digest (name@sha256:<64 hex>).")
+    verify_signature: bool = Field(False, description="Images must be pinned by digest and signed (cosign, with "
+                                   "a key) by one of trustedPublishers; the task carries the signature in its "
+                                   "annotations expbuild.io/image-signature and expbuild.io/image-signature-payload "
+                                   "(base64). Otherwise the task ends Error/UntrustedImage.")
+    trusted_publishers: list[TrustedPublisher] | None = Field(
+        None, max_length=32, description="Whose signatures verifySignature accepts.")
+
+    @model_validator(mode="after")
+    def _verification(self) -> ImageRules:
+        if self.verify_signature and not self.trusted_publishers:
+            raise ValueError(f"images: {VERIFY_NEEDS_PUBLISHERS}")
+        if self.trusted_publishers is not None and not self.verify_signature:
+            raise ValueError(f"images: {PUBLISHERS_NEED_VERIFY}")
+        return self
+
+
+class LocalImageRules(ImageRules):
+    """The worker file's ``[policy.images]``: an ExecutionPolicy's image rules and where signatures are kept."""
+
+    signatures: Path | None = Field(None, description="A directory of signatures beside the images: "
+                                    "sha256-<hex>.sig (base64) and sha256-<hex>.payload.json per image digest, "
+                                    "as cosign sign-blob and cosign generate write them.")
+
+    def as_rules(self) -> ImageRules:
+        return ImageRules.model_validate(self.model_dump(exclude={"signatures"}))
 
 
 class ExecutionPolicySpec(Model):
@@ -185,7 +242,8 @@ class ExecutionPolicySpec(Model):
                                       "RuntimeClasses and seccomp profiles.")
     max_resources: ResourceCaps = Field(default_factory=ResourceCaps, description="The most one task may ask for.")
     network: NetworkRules = Field(default_factory=NetworkRules, description="Network policies and reachable CIDRs.")
-    images: ImageRules = Field(default_factory=ImageRules, description="Which images, and whether pinned.")
+    images: ImageRules = Field(default_factory=ImageRules, description="Which images, whether pinned, and whose "
+                             "signatures they must carry.")
     max_unfinished_tasks: int | None = Field(None, ge=1, le=100000, description="Most unfinished tasks per "
                                              "namespace; more wait in phase Pending (reason QuotaExceeded) and "
                                              "start in creation order as others finish.")
@@ -201,11 +259,11 @@ class LocalPolicy(Model):
     isolation: IsolationRules = Field(default_factory=IsolationRules)
     max_resources: ResourceCaps = Field(default_factory=ResourceCaps)
     network: NetworkRules = Field(default_factory=NetworkRules)
-    images: ImageRules = Field(default_factory=ImageRules)
+    images: LocalImageRules = Field(default_factory=LocalImageRules)
 
     def as_policy(self, name: str) -> ExecutionPolicy:
         spec = ExecutionPolicySpec(isolation=self.isolation, max_resources=self.max_resources, network=self.network,
-                                   images=self.images)
+                                   images=self.images.as_rules())
         return ExecutionPolicy(metadata=ObjectMeta(name=name), spec=spec)
 
 
@@ -240,8 +298,10 @@ __all__ = [
     "ExecutionPolicySpec",
     "ImageRules",
     "IsolationRules",
+    "LocalImageRules",
     "NamespaceSelector",
     "NetworkRules",
     "ResourceCaps",
+    "TrustedPublisher",
     "image_pattern_regex",
 ]

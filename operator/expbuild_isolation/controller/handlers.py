@@ -14,8 +14,8 @@ are done. Status is patched only through ``cluster`` (never kopf's ``patch``)
 so that all writers are serialized by one per-task lock.
 
 Before anything is created, the task is judged against the ExecutionPolicies of its namespace
-(``tenancy``: kept from watches, never read per task): a violation ends it Error/PolicyViolation with an
-Event naming the policy; a raised floor is what it is rendered or placed with; beyond its namespace's
+(``tenancy``: kept from watches, never read per task): a violation ends it Error/PolicyViolation (an image
+without a trusted signature Error/UntrustedImage) with an Event naming the policy; a raised floor is what it is rendered or placed with; beyond its namespace's
 quota it waits Pending (QuotaExceeded) and starts, oldest first, when another finishes.
 
 Before rendering, ``kube.placement`` decides between the Job path and a node

@@ -89,7 +89,7 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
         return True
     verdict = state.tenancy.judge(task)
     if not verdict.allowed:
-        await reject(state, task, body, "PolicyViolation", verdict.refusal())
+        await reject(state, task, body, verdict.reason, verdict.refusal())
         return True
     if not state.tenancy.admit(task, body, verdict):
         await _wait_for_slot(state, task, verdict)

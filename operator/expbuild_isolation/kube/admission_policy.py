@@ -14,8 +14,11 @@ library (``quantity().isGreaterThan``), the IP and CIDR libraries (``isCIDR``, `
 ``join``); see https://kubernetes.io/docs/reference/using-api/cel/.
 
 What CEL cannot check stays with the operator and the node agent: the quota of unfinished tasks (it needs
-the other tasks), a policy the models refuse but the schema lets through, and timeouts written in days or
-other forms Go's ``duration()`` does not read.
+the other tasks), a policy the models refuse but the schema lets through, timeouts written in days or
+other forms Go's ``duration()`` does not read, and image signatures: CEL has no ECDSA (nor base64 or JSON
+decoding), so with ``images.verifySignature`` the admission policy refuses only an image not pinned by
+digest and a task without the two signature annotations; whether the signature verifies, and for which
+digest and repository, the operator and the agent decide (``api.signatures``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import yaml
 
 from ..api.policy import GO_DURATION_PATTERN, POLICY_KIND, POLICY_PLURAL
+from ..api.signatures import NO_SIGNATURE, PAYLOAD_ANNOTATION, SIGNATURE_ANNOTATION, UNPINNED
 from ..api.task import (
     API_VERSION,
     GROUP,
@@ -42,6 +46,7 @@ RANKS = "{" + ", ".join(f"'{level.value}': {level.rank}" for level in IsolationL
 # Message pieces, as api.judge words them: "<field>: '<value>' is not allowed by ExecutionPolicy <name> (<accepted>)".
 PLAIN_BY = " is not allowed by ExecutionPolicy ' + params.metadata.name + ' ("
 BY = "\\'" + PLAIN_BY  # after a quoted value
+TRUSTED_BY = "\\' is not trusted by ExecutionPolicy ' + params.metadata.name + ' ("  # api.judge's UntrustedImage
 
 
 def _has(path: str) -> str:
@@ -93,6 +98,11 @@ VARIABLES = {
     "badAllow": (f"variables.network == 'Restricted' && {_has(P + '.network.restrictedCidrs')} ? "
                  f"variables.allow.filter(e, !{INSIDE}) : []"),
     "goTimeout": f"{O}.timeout.matches('{GO_DURATION_PATTERN}')",
+    "pinned": "variables.image.matches('@sha256:[0-9a-f]{64}$')",
+    "verifies": f"variables.image != '' && {_has(P + '.images.verifySignature')} && {P}.images.verifySignature",
+    "signed": " && ".join(["has(object.metadata.annotations)",
+                           *(f"'{key}' in object.metadata.annotations"
+                             for key in (SIGNATURE_ANNOTATION, PAYLOAD_ANNOTATION))]),
 }
 
 
@@ -143,9 +153,13 @@ RULES: list[dict[str, str]] = [
      "messageExpression": f"'spec.image: \\'' + variables.image + '{BY}allowed: ' + "
                           f"{P}.images.allowed.join(', ') + ')'"},
     {"expression": f"variables.image == '' || !({_has(P + '.images.requireDigest')} && {P}.images.requireDigest) || "
-                   f"variables.image.matches('@sha256:[0-9a-f]{{64}}$')",
+                   f"variables.pinned",
      "messageExpression": f"'spec.image: \\'' + variables.image + '{BY}images must be pinned by digest: "
                           f"name@sha256:<64 hex digits>)'"},
+    {"expression": "!variables.verifies || variables.pinned",
+     "messageExpression": f"'spec.image: \\'' + variables.image + '{TRUSTED_BY}{UNPINNED})'"},
+    {"expression": "!variables.verifies || !variables.pinned || variables.signed",
+     "messageExpression": f"'spec.image: \\'' + variables.image + '{TRUSTED_BY}{NO_SIGNATURE})'"},
 ]
 
 

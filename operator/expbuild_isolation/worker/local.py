@@ -201,7 +201,7 @@ async def run_task(task: ExecutionTask, chain: Sequence[TaskExecutor], config: W
     node = node or socket.gethostname()
     verdict = local_judgement(task, config)   # the administrator's policy first, then what this machine can hold
     if verdict is not None and not verdict.allowed:
-        return error_status("PolicyViolation", verdict.refusal(), node=node)
+        return error_status(verdict.reason, verdict.refusal(), node=node)
     if verdict is not None and verdict.floor is not None:
         floor = verdict.floor.value if floor is None else max(floor, verdict.floor.value)
     too_large = over_caps(task.spec, config.task_limits)
