@@ -1,4 +1,5 @@
-"""``expbuild-isolation``: run a task locally, print the CRD, run the operator or the node agent.
+"""``expbuild-isolation``: run a task locally, check this machine's isolation, print the CRD, run the operator
+or the node agent.
 
 Errors are one line on stderr, never a traceback. ``run`` exits with the task's
 own exit code (124 after a timeout; 1 when the command exited 0 but the task still
@@ -13,6 +14,7 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +22,10 @@ import yaml
 
 from . import __version__
 from .api.task import ExecutionTaskStatus, Phase
-from .worker.chain import build_chain
+from .selftest import report as selftest_report
+from .selftest.catalog import ATTACKS
+from .selftest.run import check_machine
+from .worker.chain import LOCAL_BACKENDS, build_chain
 from .worker.config import ConfigError, WorkerConfig, load_worker_config
 from .worker.local import InvalidTask, load_task, run_task
 
@@ -67,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="worker TOML file (executors, chain, defaults)")
     run.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     run.set_defaults(func=_run)
+
+    selftest = sub.add_parser(
+        "selftest", help="attack this machine's backends (harmlessly) and check each stops what it claims to",
+        description=textwrap.fill(
+            "Run the escape suite's harmless attacks against every backend of the worker file (or the ones "
+            "named), judge each from the host side with its positive control, and print the attack x backend "
+            "matrix of docs/capabilities.md with the isolation level each backend reached. Needs root for the "
+            "namespace backend, and the Docker or Podman socket for those.", width=100),
+        epilog=_selftest_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    selftest.add_argument("--executor", action="append", choices=LOCAL_BACKENDS, default=[],
+                          help="backend to check (repeatable; default: every backend in the worker file's chain)")
+    selftest.add_argument("--attack", action="append", choices=[attack.key for attack in ATTACKS], default=[],
+                          help="run only this attack (repeatable; default: all of them)")
+    selftest.add_argument("--config", type=Path, help="worker TOML file (executors and how they are configured)")
+    selftest.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    selftest.set_defaults(func=_selftest)
 
     crd = sub.add_parser("crd", help="print the ExecutionTask CustomResourceDefinition")
     crd.add_argument("--reference", action="store_true",
@@ -198,6 +219,51 @@ def _print_status(name: str, status: ExecutionTaskStatus, output: str) -> None:
             if tail:
                 print(f"--- {label} (tail) ---")
                 print(tail, end="" if tail.endswith("\n") else "\n")
+
+
+def _selftest_epilog() -> str:
+    """What each attack needs, and the exit statuses: the --help a user reads before running attacks."""
+    width = max(len(attack.key) for attack in ATTACKS)
+
+    def wrap(text: str, indent: str = "", hang: str = "") -> str:
+        return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=hang)
+
+    lines = [wrap("attacks, and what each needs (/bin/busybox is the sandbox's: the image's for docker and podman, "
+                  "the host's for host and namespace):")]
+    lines += [wrap(f"{attack.key:<{width}}  {attack.sentence}; needs {attack.needs}", "  ", " " * (width + 4))
+              for attack in ATTACKS]
+    lines += ["", wrap("An attack a backend's capabilities() do not claim to stop is reported as an expected loss "
+                       "(the host executor shares the host's files); a fork bomb is never run without a pids limit."),
+              wrap(f"exit status: {selftest_report.EXIT_HELD} every claim held; {selftest_report.EXIT_LOST} a "
+                   f"backend lost an attack its capabilities() claim to stop; {selftest_report.EXIT_UNCHECKED} "
+                   f"something could not be checked (a positive control failed, an attack crashed, or a backend "
+                   f"named with --executor is unavailable); 2 bad arguments or worker file.")]
+    return "\n".join(lines)
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    config = load_worker_config(args.config) if args.config else WorkerConfig()
+    wanted = set(args.executor or config.executor.backends())
+    names = [name for name in LOCAL_BACKENDS if name in wanted]    # the columns of docs/capabilities.md
+    attacks = [attack for attack in ATTACKS if not args.attack or attack.key in args.attack]
+    progress = _Progress(enabled=sys.stderr.isatty() and args.output == "table")
+
+    def checking(backend: str, attack, number: int) -> None:  # type: ignore[no-untyped-def]
+        progress.executor = f"{backend}: {attack.key} ({number}/{len(attacks)})"
+
+    async def check():  # type: ignore[no-untyped-def]
+        ticker = asyncio.create_task(progress.tick()) if progress.enabled else None
+        try:
+            return await check_machine(config, names, attacks, named=bool(args.executor), progress=checking)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                progress.clear()
+
+    reports = asyncio.run(check())
+    render = selftest_report.render_json if args.output == "json" else selftest_report.render_table
+    sys.stdout.write(render(reports, attacks))
+    return selftest_report.exit_status(reports)
 
 
 def _crd(args: argparse.Namespace) -> int:

@@ -68,5 +68,5 @@ def test_a_missing_guest_kernel_is_named(tmp_path):
 
 def test_the_guest_runs_every_namespace_attack_and_no_v1_only_test():
     args = suite.pytest_args()
-    assert "tests/isolation/test_escapes.py::test_a_fork_bomb_is_contained[namespace]" in args
+    assert "tests/isolation/test_escapes.py::test_each_selftest_attack_is_stopped[namespace-fork_bomb]" in args
     assert "--deselect=tests/executors/test_namespace.py::test_cgroup_v1_create_limit_kill_stats_remove" in args

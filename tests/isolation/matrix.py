@@ -2,10 +2,13 @@
 
     python3 -m tests.isolation.matrix > docs/capabilities.md
 
-The attack x backend table comes from ``test_escapes.py`` (one attack per test,
-its limits read from the ``hostile(...)`` call), ``conftest.EXPECTED`` (what a
-backend is declared to lose, or must not be attacked with) and each backend's
-``capabilities()`` (what it refuses up front, as selection would). The
+The attack x backend table comes from the selftest's attack list
+(``expbuild_isolation.selftest.catalog.ATTACKS``: what a backend is expected to
+lose follows from its ``capabilities()``), then ``test_escapes.py``'s own
+attacks (one per test, its limits read from the ``hostile(...)`` call, what a
+backend is declared to lose, or must not be attacked with, from
+``conftest.EXPECTED``), and each backend's ``capabilities()`` (what it refuses
+up front, as selection would). The
 per-backend limits table comes from ``capabilities()`` too. What cannot be
 derived (the Kubernetes Job path, measured numbers, known gaps) is the fixed
 text in ``TRAILER``; ``test_matrix.py`` fails when the committed file drifts.
@@ -23,14 +26,17 @@ from expbuild_isolation.api.task import NetworkMode
 from expbuild_isolation.executors.base import ExecutionRequest, ExecutorCapabilities
 from expbuild_isolation.executors.config import DockerConfig, HostConfig, NamespaceConfig, PodmanConfig
 from expbuild_isolation.executors.containers.docker import DockerExecutor
+from expbuild_isolation.executors.containers.podman import PodmanExecutor
 from expbuild_isolation.executors.containers.spec import capabilities_for
 from expbuild_isolation.executors.host import HostExecutor
 from expbuild_isolation.executors.namespace.executor import NamespaceExecutor
-from expbuild_isolation.executors.containers.podman import PodmanExecutor
 from expbuild_isolation.executors.select import unmet_requirements
+from expbuild_isolation.selftest import attack as selftest_attack
+from expbuild_isolation.selftest.catalog import ATTACKS as SELFTEST_ATTACKS
+from expbuild_isolation.selftest.report import attack_row_label, markdown_row
 
 from ..cgroupv2 import suite as guest_suite
-from .conftest import ATTACK_NAMES, BACKENDS, EXPECTED, Skip, hostile
+from .conftest import ATTACK_NAMES, BACKENDS, SHARED_TEST, Skip, expectation
 
 ESCAPES = Path(__file__).with_name("test_escapes.py")
 REGENERATE = "python3 -m tests.isolation.matrix > docs/capabilities.md"
@@ -41,25 +47,23 @@ SELECTION_KEYWORDS = ("memory", "pids", "disk", "network", "seccomp")
 
 @dataclass(frozen=True)
 class Attack:
-    key: str           # the name used in EXPECTED
-    test: str          # the test function
+    key: str           # the name used in EXPECTED, or the selftest attack's key
+    sentence: str      # the promise, from the test's name or the selftest attack
     limits: dict       # the hostile() keywords in SELECTION_KEYWORDS
-
-    @property
-    def sentence(self) -> str:
-        return self.test.removeprefix("test_").replace("_", " ").replace("hosts ", "host's ")
+    shared: selftest_attack.Attack | None = None   # a selftest attack: expectations from capabilities()
 
     def request(self) -> ExecutionRequest:
-        return hostile(Path("/nonexistent"), "true", **self.limits)
+        return selftest_attack.hostile(Path("/nonexistent"), "true", **self.limits)
 
 
 def attacks(source: Path = ESCAPES) -> list[Attack]:
-    """The suite's attacks in file order, read from its source (nothing is imported or run)."""
-    found = []
+    """The selftest's attacks, then the suite's own in file order, read from its source (nothing is run)."""
+    found = [Attack(a.key, a.sentence, dict(a.selection), a) for a in SELFTEST_ATTACKS]
     for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.AsyncFunctionDef) and node.name.startswith("test_"):
+        if isinstance(node, ast.AsyncFunctionDef) and node.name.startswith("test_") and node.name != SHARED_TEST:
             name = node.name.removeprefix("test_")
-            found.append(Attack(ATTACK_NAMES.get(name, name), node.name, _hostile_limits(node)))
+            sentence = name.replace("_", " ").replace("hosts ", "host's ")
+            found.append(Attack(ATTACK_NAMES.get(name, name), sentence, _hostile_limits(node)))
     return found
 
 
@@ -93,7 +97,7 @@ def refuses_up_front(backend: str) -> bool:
 
 
 def verdict(backend: str, attack: Attack, caps: ExecutorCapabilities) -> str:
-    expected = EXPECTED.get((backend, attack.key))
+    expected = expectation(backend, attack.key, caps, attack.shared)
     if isinstance(expected, Skip):
         return f"– not run: {expected.reason}"
     if expected is not None:
@@ -104,8 +108,7 @@ def verdict(backend: str, attack: Attack, caps: ExecutorCapabilities) -> str:
     return "✔"
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+_row = markdown_row
 
 
 # The CI machine runs cgroup v1 (hybrid), and the whole suite runs there; the cgroup v2 guest
@@ -125,7 +128,7 @@ def attack_table() -> str:
     caps = backend_capabilities()
     lines = [_row(["Attack", *BACKENDS, "cgroup hierarchy"]), _row(["---"] * (len(BACKENDS) + 2))]
     for attack in attacks():
-        lines.append(_row([f"{attack.sentence} (`{attack.key}`)",
+        lines.append(_row([attack_row_label(attack),
                            *(verdict(backend, attack, caps[backend]) for backend in BACKENDS),
                            proven_on(attack, caps)]))
     return "\n".join(lines) + "\n"
@@ -160,13 +163,19 @@ HEADER = f"""<!-- Generated by `{REGENERATE}` from tests/isolation/ and the exec
 
 What each backend enforces, as the isolation suite (`tests/isolation/test_escapes.py`) declares and checks
 it. `.ci/run` sets `EXPBUILD_REQUIRE_BACKENDS=host,namespace,docker,podman`, so there a backend that
-cannot start fails the run instead of being skipped. The tables below are derived, not written: the attack
-list is read from the test file, the expected losses from `EXPECTED` in `tests/isolation/conftest.py`, and
-the limits from each backend's `capabilities()` with its default configuration.
+cannot start fails the run instead of being skipped. The tables below are derived, not written: the first
+attacks are those `expbuild-isolation selftest` runs (`operator/expbuild_isolation/selftest/`), where a
+backend is expected to lose what its `capabilities()` do not claim to stop; the others are read from the
+test file, their expected losses from `EXPECTED` in `tests/isolation/conftest.py`; the limits come from
+each backend's `capabilities()` with its default configuration.
 
 ## Attacks
 
-✔ the attack fails (the test passes). ✘ the backend is declared to lose (a strict xfail: if it ever wins,
+Check a machine yourself with `expbuild-isolation selftest` (as root for the namespace backend): it runs
+the first {len(SELFTEST_ATTACKS)} attacks below (down to `{SELFTEST_ATTACKS[-1].key}`) against every configured backend, judged
+from the host as the suite judges them, and prints their rows of this table for that machine.
+
+✔ the attack fails (the test passes). ✘ the backend is expected to lose (a strict xfail: if it ever wins,
 the suite reports it). "refused up front": the backend does not claim the limit the attack sets, so it
 refuses the task before running it (`IsolationUnavailable`), exactly as executor selection would skip it.
 "not run": running the attack there would harm the machine. "cgroup hierarchy": where each backend's

@@ -12,8 +12,7 @@ import dataclasses
 import pytest
 
 from expbuild_isolation.executors.base import TerminationReason
-
-from .conftest import hostile
+from expbuild_isolation.selftest.attack import hostile
 
 BB = "/bin/busybox"
 MiB = 1 << 20

@@ -1,5 +1,6 @@
 """`expbuild-isolation run` prints the status and exits with the task's own code; errors are one line."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,6 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from expbuild_isolation.api.task import IsolationLevel
+from expbuild_isolation.cli import main
+from expbuild_isolation.executors.host import HostExecutor
+from expbuild_isolation.selftest.catalog import ATTACKS
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_ONLY = ["--executor", "host"]
@@ -121,3 +127,85 @@ def test_crd_command_prints_the_committed_crd():
     result = cli("crd")
     assert result.returncode == 0
     assert result.stdout == (ROOT / "crds" / "executiontask.yaml").read_text()
+
+
+# -- selftest ------------------------------------------------------------------------------------------------
+# The whole matrix against every backend is tests/isolation/test_selftest.py; these pin the command's contract.
+
+def table_cell(stdout: str, key: str) -> str:
+    return next(line for line in stdout.splitlines() if f"(`{key}`)" in line).removesuffix(" |").split(" | ")[1]
+
+
+def test_selftest_help_says_what_each_attack_needs():
+    result = cli("selftest", "--help")
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    for attack in ATTACKS:
+        assert f"{attack.key} {attack.sentence}; needs {attack.needs}" in text
+    assert "exit status: 0 every claim held; 1 a backend lost an attack" in text
+
+
+def test_selftest_reports_what_a_backend_does_not_claim_as_an_expected_loss():
+    result = cli("selftest", "--executor", "host", "--attack", "secret_read", "--attack", "daemon")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert table_cell(result.stdout, "secret_read").startswith("✘ isolation Process, below Filesystem")
+    assert table_cell(result.stdout, "daemon") == "✔"
+    assert "| isolation level reached | Process |" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("OK: 1 held, 1 expected losses")
+
+
+def test_selftest_exits_1_when_a_real_backend_loses_an_attack_it_claims(monkeypatch, capsys):
+    """The real host executor with a fake claim (Filesystem isolation, which it does not have): the same
+    losses the test above reports as expected are failures now, and so is the level its tasks reported."""
+    real = HostExecutor.capabilities
+    monkeypatch.setattr(HostExecutor, "capabilities",
+                        lambda self: dataclasses.replace(real(self), isolation_level=IsolationLevel.FILESYSTEM))
+    code = main(["selftest", "--executor", "host", "--attack", "secret_read", "--attack", "write_outside",
+                 "--attack", "daemon", "-o", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == report["exitStatus"] == 1
+    verdicts = report["backends"][0]["attacks"]
+    assert {key: v["outcome"] for key, v in verdicts.items()} == {
+        "secret_read": "lost", "write_outside": "lost", "daemon": "held"}
+    assert "the secret's bytes came out" in verdicts["secret_read"]["cell"]
+    assert "the task wrote /tmp/expbuild-escape-" in verdicts["write_outside"]["detail"]
+    assert report["failures"][-1] == "host claims isolation Filesystem but its tasks reported Process"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the namespace executor needs root")
+def test_selftest_follows_a_weakened_configuration_and_the_level_it_really_gets(tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text('[executor]\ntype = "namespace"\n[executor.namespace]\nuse_pid_namespace = false\n')
+    result = cli("selftest", "--config", str(config), "--attack", "host_processes", "--attack", "secret_read",
+                 "-o", "json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    [namespace] = report["backends"]
+    assert namespace["isolationLevel"] == {"claimed": "Filesystem", "reached": "Filesystem"}
+    assert namespace["attacks"]["host_processes"]["cell"] == \
+        "✘ isolation Filesystem, below Container: it shares the host's PID namespace"
+    assert "saw host process" in namespace["attacks"]["host_processes"]["evidence"]
+    assert namespace["attacks"]["secret_read"]["outcome"] == "held"
+
+
+def test_selftest_names_an_unavailable_backend_and_fails_only_when_it_was_asked_for(tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text('[executor]\nchain = ["docker", "host"]\n[executor.docker]\n'
+                      'socket_path = "/nonexistent/docker.sock"\n')
+    configured = cli("selftest", "--config", str(config), "--attack", "daemon")
+    assert configured.returncode == 0, configured.stdout
+    assert "| isolation level reached | Process | – unavailable: docker: no socket at /nonexistent/docker.sock" \
+        in configured.stdout
+    named = cli("selftest", "--config", str(config), "--attack", "daemon", "--executor", "docker")
+    assert named.returncode == 3
+    assert "NOT CHECKED: docker is unavailable: docker: no socket at /nonexistent/docker.sock" in named.stdout
+
+
+def test_selftest_bad_input_is_one_line(tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text("[executor.docker]\nbogus = 1\n")
+    result = cli("selftest", "--config", str(config))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "executor.docker.bogus: unknown key" in result.stderr and "Traceback" not in result.stderr
+    result = cli("selftest", "--attack", "escape_everything")
+    assert result.returncode == 2 and "invalid choice: 'escape_everything'" in result.stderr
