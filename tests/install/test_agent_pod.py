@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.agent.conftest import declare_leases
 from tests.controller.conftest import TASKS, Api, declare_resources, eventually, task_body
 
 from .chart import HELM, NO_HELM, find, render_chart
+from .kubeconfig import write_kubeconfig
 from .test_image import require_current_image
 
 pytestmark = [pytest.mark.skipif(HELM is None, reason=NO_HELM),
@@ -128,12 +128,7 @@ async def test_the_chart_agent_pod_runs_namespace_and_docker_tasks_and_contains_
     declare_resources(kmock)
     declare_leases(kmock)
     api = Api(kmock)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "kmock", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}]}))
+    kubeconfig = write_kubeconfig(kmock, tmp_path)
     listener = Listener()
     victim = subprocess.Popen(["sleep", f"600.{uuid.uuid4().int % 10**6}"])
     outside = tmp_path / "work" / "outside-marker"

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.controller.conftest import JOBS, TASKS, Api, declare_resources, eventually, task_body
 
 from .chart import HELM, NO_HELM, find, render_chart
+from .kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.skipif(HELM is None, reason=NO_HELM)
 
@@ -99,13 +99,7 @@ async def test_the_chart_operator_pod_serves_probes_metrics_and_turns_a_task_int
 
     declare_resources(kmock)
     api = Api(kmock)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "kmock", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}]}))
-    kubeconfig.chmod(0o644)
+    kubeconfig = write_kubeconfig(kmock, tmp_path)
     name = f"expbuild-chart-operator-{uuid.uuid4().hex[:6]}"
     started = subprocess.run(_docker_args(pod, kubeconfig, name), capture_output=True, text=True)
     assert started.returncode == 0, started.stderr
