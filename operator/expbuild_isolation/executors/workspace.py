@@ -38,6 +38,15 @@ class WorkspaceError(Exception):
     """An input could not be placed; the message names the path."""
 
 
+class BlockedPath(WorkspaceError):
+    """A directory could not be made because ``where`` (relative to the workspace) is in the way: a symlink,
+    a file (``is_file``), or something the kernel refused (``what`` says which, in words)."""
+
+    def __init__(self, message: str, where: str, what: str, *, is_file: bool) -> None:
+        super().__init__(message)
+        self.where, self.what, self.is_file = where, what, is_file
+
+
 def create_workspace(parent: str | os.PathLike[str] | None = None, *, prefix: str = "xt-") -> Path:
     """A fresh, private directory for one task (mode 0700 until an executor widens it)."""
     if parent is not None:
@@ -105,9 +114,11 @@ def make_dirs_beneath(workspace: Path, relative: str, *, mode: int = 0o755) -> N
                 next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError as exc:
                 where = "/".join(parts[:index + 1])
-                what = "a symlink" if _is_symlink(fd, part) else exc.strerror.lower()
-                raise WorkspaceError(f"{where!r} is {what}; directories are never created through it "
-                                     f"(making {relative!r} in the workspace)") from None
+                link = _is_symlink(fd, part)
+                what = "a symlink" if link else exc.strerror.lower()
+                raise BlockedPath(f"{where!r} is {what}; directories are never created through it "
+                                  f"(making {relative!r} in the workspace)", where, what,
+                                  is_file=exc.errno == errno.ENOTDIR and not link) from None
             os.close(fd)
             fd = next_fd
     finally:

@@ -8,8 +8,6 @@ Kubernetes; a ConfigMap input is read from ``<name>.yaml`` next to the task
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import socket
 from collections.abc import Sequence
@@ -25,7 +23,8 @@ from ..executors.base import (
     TaskExecutor, TerminationReason,
 )
 from ..executors.select import select_executor
-from ..executors.workspace import InputBlob, WorkspaceError, create_workspace, place_inputs, remove_workspace
+from ..executors.workspace import BlockedPath, InputBlob, WorkspaceError, create_workspace, make_dirs_beneath, \
+    place_inputs, remove_workspace
 from .bounded_yaml import BadYaml, load_documents
 from .config import WorkerConfig, describe_validation_error
 from .config_maps import ConfigMapError, ConfigMapLookup, blobs_of, read_beside
@@ -93,25 +92,13 @@ def input_blobs(task: ExecutionTask, config_maps: ConfigMapLookup) -> list[Input
 def prepare_working_dir(workspace: Path, working_dir: str) -> None:
     """Create ``spec.workingDir`` in the workspace before any backend runs, so every backend (host,
     namespace, Docker, Podman) starts in it as the Job path's init container does; refuse an input
-    file in its way. Walked one component at a time without following a symlink."""
-    parts = [p for p in working_dir.split("/") if p not in ("", ".")]
-    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    file (or a link) in its way instead of creating through it."""
     try:
-        for index, part in enumerate(parts):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=fd)
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise
-                blocking = "/".join(parts[:index + 1])
-                raise InvalidTask(f"spec.workingDir: {shown(working_dir)} runs through {blocking!r}, which is an "
-                                  f"input file, not a directory") from None
-            os.close(fd)
-            fd = child
-    finally:
-        os.close(fd)
+        make_dirs_beneath(workspace, working_dir)
+    except BlockedPath as exc:
+        what = "an input file, not a directory" if exc.is_file else exc.what
+        raise InvalidTask(f"spec.workingDir: {shown(working_dir)} runs through {exc.where!r}, which is {what}") \
+            from None
 
 
 def _in_workspace(exc: OSError, workspace: Path) -> str:
