@@ -170,17 +170,19 @@ class ReapiStack:
 
     # -- our worker ------------------------------------------------------------------------------------------
 
-    def worker_config(self, executor: str = "namespace", floor: str = "Container") -> Path:
+    def worker_config(self, executor: str = "namespace", floor: str = "Container", extra: str = "") -> Path:
+        """The worker file; ``extra`` is TOML appended after ``[executor]`` (e.g. ``[policy]``, ``[task_limits]``)."""
         path = self.root / f"worker-{executor}.toml"
         path.write_text(f'worker_id = "reapi-test"\nwork_dir = "{self.root / "work"}"\n'
                         f"max_concurrent_tasks = {self.capacity}\nisolation_minimum = \"{floor}\"\n"
-                        f'[executor]\ntype = "{executor}"\n')
+                        f'[executor]\ntype = "{executor}"\n{extra}')
         return path
 
     def start_worker(self, executor: str = "namespace", *, bot_id: str = "reapi-test-bot",
-                     metrics_port: int | None = None) -> subprocess.Popen:
+                     metrics_port: int | None = None, floor: str = "Container", extra: str = "") -> subprocess.Popen:
+        config = self.worker_config(executor, floor, extra)
         argv = [sys.executable, "-m", "expbuild_isolation.cli", "reapi-worker", "--server", self.url,
-                "--config", str(self.worker_config(executor)), "--bot-id", bot_id, "--cache-size", "256Mi"]
+                "--config", str(config), "--bot-id", bot_id, "--cache-size", "256Mi"]
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]
         log = open(self.root / f"worker-{len(self.workers)}.log", "wb")

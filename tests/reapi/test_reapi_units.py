@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from expbuild_isolation.api.task import IsolationLevel, NetworkMode  # noqa: E40
 from expbuild_isolation.worker.reapi.action import InvalidAction, lease_task_id, plan_action  # noqa: E402
 from expbuild_isolation.worker.reapi.cas import LocalCas, digest_of, key  # noqa: E402
 from expbuild_isolation.worker.reapi.cas import CasError  # noqa: E402
+from expbuild_isolation.worker.reapi.policy import judged  # noqa: E402
+from expbuild_isolation.worker.config import WorkerConfig  # noqa: E402
 from expbuild_isolation.worker.reapi.tree import collect, materialize, prepare_output_parents  # noqa: E402
 
 re_pb2 = reapi_protos.re_pb2
@@ -314,3 +317,14 @@ def test_an_input_tree_cannot_write_through_its_own_symlink(tmp_path):
     with pytest.raises(CasError, match="'d' twice"):
         materialize(cas, directories, digest_of(root.SerializeToString()), tmp_path / "ws")
     assert victim.read_text() == "host data" and sorted(p.name for p in host_dir.iterdir()) == ["victim"]
+
+
+@pytest.mark.parametrize("props, fragment", [
+    ({"container-image": "docker://Not An/Image"}, "platform property container-image: 'Not An/Image' is not an "
+                                                   "image reference"),
+    ({"seccomp": "Localhost/../escape.json"}, "platform property seccomp: "),
+])
+def test_a_property_no_task_could_hold_is_invalid_before_anything_is_fetched(props, fragment):
+    """The worker file's judge sees the action as a task: what a manifest refuses, the action names."""
+    with pytest.raises(InvalidAction, match=re.escape(fragment)):
+        judged(plan(command(platform=props)), WorkerConfig())

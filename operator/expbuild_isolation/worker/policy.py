@@ -4,7 +4,7 @@
 with ``api.judge`` before anything is placed in a workspace: a violation ends the task in
 Error/PolicyViolation (``run`` exits 125), an image without a trusted signature in Error/UntrustedImage, a
 ``below_minimum = "Raise"`` floor raises the task's minimum.
-The REAPI worker does not read it yet (its actions are not ExecutionTasks).
+The REAPI worker judges each action as the task it amounts to through the same call (``worker.reapi.policy``).
 
 Image signatures (``[policy.images] verify_signature``) come from the task's annotations, as in a cluster;
 failing that, from the directory ``[policy.images] signatures`` names: ``sha256-<hex>.sig`` (the base64

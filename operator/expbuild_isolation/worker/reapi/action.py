@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...api import bounds
@@ -55,6 +56,8 @@ class ActionPlan:
     output_directories: tuple[str, ...]
     output_paths: tuple[str, ...]      # REAPI v2.1 output_paths (file, directory or symlink), workspace-relative
     output_prefix: str                 # the working directory: reported paths are relative to it
+    properties: Mapping[str, str] = field(default_factory=dict)   # the platform properties, as sent
+    raised: str = ""                   # why the isolation minimum is above what the action asked (policy.py)
 
 
 def plan_action(action: re_pb2.Action, command: re_pb2.Command, workspace: Path, *, task_id: str,
@@ -89,7 +92,8 @@ def plan_action(action: re_pb2.Action, command: re_pb2.Command, workspace: Path,
         limits=limits, timeout_seconds=min(timeout, max_timeout), image=image, minimum_isolation=minimum,
         seccomp_profile=seccomp, read_only_root=True, run_as_user=run_as_user, output_limit_bytes=max_output_bytes)
     return ActionPlan(request=request, executor=executor, output_files=files, output_directories=dirs,
-                      output_paths=outputs, output_prefix="" if working_dir == "." else working_dir)
+                      output_paths=outputs, output_prefix="" if working_dir == "." else working_dir,
+                      properties=properties)
 
 
 def _properties(command: re_pb2.Command, action: re_pb2.Action) -> dict[str, str]:

@@ -4,8 +4,9 @@ Never raises for a problem of the action itself; answers (status, ActionResult)
 where status follows the Remote Workers API: OK for any completed command
 (a non-zero exit is a normal result), DEADLINE_EXCEEDED after the timeout,
 INVALID_ARGUMENT / FAILED_PRECONDITION for actions that cannot run as sent
-(no retry), INTERNAL / UNAVAILABLE for the worker's own trouble (the server
-retries elsewhere). Input blobs missing from the CAS give FAILED_PRECONDITION
+(no retry; one the worker file's ``[policy]`` or ``[task_limits]`` refuses is
+FAILED_PRECONDITION "PolicyViolation: ...", see ``policy.py``), INTERNAL /
+UNAVAILABLE for the worker's own trouble (the server retries elsewhere). Input blobs missing from the CAS give FAILED_PRECONDITION
 with a PreconditionFailure ``MISSING`` violation per blob: the client uploads
 them and retries.
 """
@@ -17,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,8 +29,10 @@ from ...executors.base import DEFAULT_OUTPUT_LIMIT, ExecutionResult, ExecutorUna
     TaskExecutor, TerminationReason
 from ...executors.select import select_executor
 from ...executors.workspace import create_workspace, remove_workspace
+from ..config import WorkerConfig
 from .action import ActionPlan, InvalidAction, lease_task_id, plan_action
 from .cas import CasError, LocalCas, MissingBlobs, RemoteCas, digest_of, key, missing_blobs_status
+from .policy import ActionRefused, judged
 from .protos import any_pb2, code_pb2, re_pb2, status_pb2, timestamp_pb2
 from .tree import collect, fetch_directories, input_files, materialize, missing_inputs, \
     prepare_output_parents
@@ -57,6 +60,7 @@ class RunnerSettings:
     max_timeout: float = 3600.0
     run_as_user: int | None = 65534
     max_output_bytes: int = DEFAULT_OUTPUT_LIMIT
+    config: WorkerConfig = field(default_factory=WorkerConfig)   # its [policy] and [task_limits] judge each action
 
 
 class ActionRunner:
@@ -70,7 +74,7 @@ class ActionRunner:
         _stamp(meta.worker_start_timestamp)
         workspace = create_workspace(self.settings.work_dir, prefix="reapi-")
         before = (self.remote.bytes_in, self.remote.bytes_out, self.cas.hits, self.cas.misses)
-        outcome, executor_name, plan, result = "error", "-", None, None
+        outcome, executor_name, plan, result, refusal = "error", "-", None, None, None
         try:
             _stamp(meta.input_fetch_start_timestamp)
             plan = await self._prepare(lease_id, action, workspace)
@@ -93,8 +97,12 @@ class ActionRunner:
                                        message=result.message if timed_out else "")
         except InvalidAction as exc:
             outcome, status, action_result = "invalid", _status(code_pb2.INVALID_ARGUMENT, str(exc)), None
+        except ActionRefused as exc:   # the worker file's [policy] or [task_limits]: nothing was fetched or run
+            plan, refusal = exc.plan, str(exc)
+            outcome, status, action_result = "rejected", _status(code_pb2.FAILED_PRECONDITION, refusal), None
         except IsolationUnavailable as exc:
-            outcome, status, action_result = "rejected", _status(code_pb2.FAILED_PRECONDITION, str(exc)), None
+            refusal = f"{exc} ({plan.raised})" if plan is not None and plan.raised else str(exc)
+            outcome, status, action_result = "rejected", _status(code_pb2.FAILED_PRECONDITION, refusal), None
         except MissingBlobs as exc:
             outcome, status, action_result = "cas_error", missing_blobs_status(exc.digests), None
         except CasError as exc:
@@ -111,7 +119,7 @@ class ActionRunner:
             ACTIONS.labels(outcome=outcome, executor=executor_name).inc()
             self._count_traffic(before)
             self._audit("end", lease_id, plan, executor_name, result.isolation_level.value if result else "-",
-                        outcome=outcome, result=result, worker_seconds=time.monotonic() - received)
+                        outcome=outcome, result=result, refusal=refusal, worker_seconds=time.monotonic() - received)
             await asyncio.shield(asyncio.to_thread(remove_workspace, workspace))
         action_result = action_result or re_pb2.ActionResult()
         _stamp(meta.worker_completed_timestamp)
@@ -138,6 +146,7 @@ class ActionRunner:
         plan = plan_action(action, command, workspace, task_id=lease_task_id(lease_id), floor=self.settings.floor,
                            default_timeout=self.settings.default_timeout, max_timeout=self.settings.max_timeout,
                            run_as_user=self.settings.run_as_user, max_output_bytes=self.settings.max_output_bytes)
+        plan = judged(plan, self.settings.config)   # before any input is fetched: a refused action costs nothing
         directories = await fetch_directories(self.cas, action.input_root_digest)
         blobs = input_files(directories)
         with self.cas.pinned(blobs):
@@ -178,7 +187,7 @@ class ActionRunner:
         CACHE_LOOKUPS.labels(result="miss").inc(self.cas.misses - before[3])
 
     def _audit(self, event: str, lease_id: str, plan: ActionPlan | None, executor: str, isolation: str, *,
-               outcome: str | None = None, result: ExecutionResult | None = None,
+               outcome: str | None = None, result: ExecutionResult | None = None, refusal: str | None = None,
                worker_seconds: float | None = None) -> None:
         record: dict = {"time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), "event": event,
                         "source": "reapi", "lease": lease_id, "bot": self.settings.bot_id,
@@ -193,7 +202,8 @@ class ActionRunner:
         if outcome is not None:
             record["outcome"] = {"result": outcome, **({"exitCode": result.exit_code, "reason": result.reason.value,
                                                         "durationSeconds": round(result.stats.duration_seconds, 4)}
-                                                       if result else {})}
+                                                       if result else {}),
+                                 **({"message": refusal} if refusal else {})}
             record["workerSeconds"] = round(worker_seconds or 0.0, 4)   # lease received to result ready
         AUDIT.info(json.dumps(record, sort_keys=True, separators=(",", ":"), default=str))
 

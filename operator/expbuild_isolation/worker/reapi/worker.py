@@ -5,8 +5,9 @@ session (a stable bot id, so a restarted worker re-registers and the server
 requeues what the old session held at once), then long-polls UpdateBotSession:
 the server holds the call until work arrives, we cancel it as soon as an action
 finishes so its result is reported without waiting. Each lease runs through
-``ActionRunner`` (inputs from the CAS, the local executor chain with the
-config's isolation floor, outputs back). A lease that disappears from the
+``ActionRunner`` (judged against the config's ``[policy]`` and ``[task_limits]``,
+inputs from the CAS, the local executor chain with the config's isolation
+floor, outputs back). A lease that disappears from the
 session was cancelled: its action is cancelled, which kills its whole cgroup.
 On SIGTERM/SIGINT the bot stops taking work, cancels what runs, reports those
 leases UNAVAILABLE (the server requeues them) and exits; a lost server is
@@ -97,7 +98,8 @@ class ReapiWorker:
             cache = LocalCas(self.settings.cache_dir or self.config.work_dir / "cas", self.settings.cache_bytes,
                              remote)
             self._runner = ActionRunner(RunnerSettings(bot_id=self.bot_id, work_dir=self.config.work_dir / "actions",
-                                                       floor=floor, max_output_bytes=self.config.max_output_bytes),
+                                                       floor=floor, max_output_bytes=self.config.max_output_bytes,
+                                                       config=self.config),
                                         cache, remote, chains)
             bots = bots_grpc.BotsStub(channel)
             while not self._stopping:
