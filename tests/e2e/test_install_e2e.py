@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from .test_operator_e2e import _cluster
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "expbuild-isolation"
 INSTALL = ROOT / "manifests" / "install"
