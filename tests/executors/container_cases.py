@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from expbuild_isolation.executors.base import (ExecutionRequest, ExecutorUnavailable, IsolationLevel,
@@ -262,5 +263,31 @@ def cases(backend: str) -> dict:  # noqa: C901 - one closure per promise
         finally:
             await executor.close()
         assert removed, "no listing of the sweep named the container"
+
+    async def test_a_container_that_stops_as_it_is_removed_is_removed_all_the_same(executor, monkeypatch):  # type: ignore[no-untyped-def]
+        """Seen with Podman under load: a cancelled task's container ends itself (its attached stdin closes)
+        while the forced removal kills it, and the daemon refuses that removal; the refusal, injected once
+        here, must not leave the container behind."""
+        container = labelled(executor, {WORKER: executor.worker_id, OWNER: executor.owner})
+        api, refused = executor.client().api, []
+        removal = api.remove_container
+
+        def refused_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not refused:
+                refused.append(args)
+                raise docker.errors.APIError(
+                    "500 Server Error: Internal Server Error", explanation=(
+                        f"cannot remove container {container.id} as it could not be stopped: sending SIGKILL to "
+                        f"container {container.id}: container state improper: stopped"))
+            return removal(*args, **kwargs)
+
+        monkeypatch.setattr(api, "remove_container", refused_once)
+        try:
+            await asyncio.to_thread(executor.remove, container.name, None)
+        finally:
+            monkeypatch.undo()
+            left = container.name in leftovers(executor)
+            subprocess.run([backend, "rm", "-f", container.name], capture_output=True, check=False)
+        assert refused and not left
 
     return {name: value for name, value in locals().items() if name.startswith("test_") or name == "executor"} | {"workspace": workspace}

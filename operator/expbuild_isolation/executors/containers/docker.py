@@ -62,6 +62,7 @@ from ..workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 _LONGEST_WAIT = 7 * 24 * 3600.0  # the API's own bound on spec.timeout
+_REMOVE_RETRY_PAUSES = (0.1, 0.5)  # seconds before each further try of a refused removal
 _OUTPUT_GRACE_SECONDS = 10.0  # how long after the exit the engine may take to close the attached output
 
 
@@ -299,13 +300,25 @@ class DockerExecutor:
         await asyncio.to_thread(self.remove, name, cgroup)
 
     def remove(self, name: str, cgroup: ContainerCgroup | None) -> None:
-        """Remove the container (killing it if needed) and its parent cgroup; absent things are fine."""
-        with contextlib.suppress(docker.errors.NotFound):
+        """Remove the container (killing it if needed) and its parent cgroup; absent things are fine.
+
+        A refusal is tried again: a container that ends itself while the removal kills it (its init, when a
+        cancelled task's attached stdin closes) makes Podman refuse ("could not be stopped ... state
+        improper"); stopped by then, it goes on the next try.
+        """
+        for pause in (*_REMOVE_RETRY_PAUSES, None):
             try:
                 self.client().api.remove_container(name, force=True, v=True)
+                break
+            except docker.errors.NotFound:
+                break
             except docker.errors.APIError as exc:
-                if "removal" not in str(exc).lower() or "in progress" not in str(exc).lower():
+                if "removal" in str(exc).lower() and "in progress" in str(exc).lower():
+                    break
+                if pause is None:
                     log.warning("%s: cannot remove container %s: %s", self.name, name, exc)
+                else:
+                    time.sleep(pause)
         if cgroup is not None:
             self._leftover_cgroups.append(cgroup)
         self.remove_leftover_cgroups()
