@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,14 +14,19 @@ import pytest
 
 from expbuild_isolation import metrics
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
+from expbuild_isolation.executors.base import ExecutorUnavailable
+from expbuild_isolation.executors.config import DockerConfig
+from expbuild_isolation.executors.containers.docker import DockerExecutor
 from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
 from expbuild_isolation.kube.status import status_from
+from expbuild_isolation.worker.config import WorkerConfig
 from tests.controller.conftest import TASKS, eventually, task_body
 from tests.controller.test_operator import job_pod, pod_body
 
 from .conftest import AGENTS_NS, CLAIMS, LEASES, needs_root, running_agent
 
 SECRETS = "/var/run/secrets/kubernetes.io/serviceaccount"
+DOCKER_IMAGE = "localhost/expbuild-busybox:latest"
 
 
 async def _phase(api, name, phase):
@@ -146,6 +153,36 @@ async def test_an_agent_restarted_mid_task_ends_it_agent_restarted_and_does_not_
     assert task["status"]["reason"] == "AgentRestarted" and "not run again" in task["status"]["message"]
     assert counting.runs == ["uid-long"]
     assert (await api.get(f"{TASKS}/long"))["status"]["phase"] == "Error"
+
+
+async def test_a_starting_agent_removes_the_container_a_killed_one_left_running(api, kmock, tmp_path):
+    """An agent killed mid-task leaves its Docker container running; the next agent's start removes it."""
+    worker_id = f"agent-{uuid.uuid4().hex[:8]}"
+    config = WorkerConfig(work_dir=tmp_path / "work",
+                          executor={"type": "docker", "docker": {"worker_id": worker_id, "image": DOCKER_IMAGE}})
+    try:
+        await DockerExecutor(DockerConfig(image=DOCKER_IMAGE)).health_check()
+    except ExecutorUnavailable as exc:
+        if "docker" in os.environ.get("EXPBUILD_REQUIRE_BACKENDS", "").split(","):
+            pytest.fail(f"docker is required (EXPBUILD_REQUIRE_BACKENDS) but unusable: {exc}")
+        pytest.skip(f"docker is unusable: {exc}")
+    gone = subprocess.Popen(["true"])   # the killed agent: a pid of this host whose process has ended
+    gone.wait()
+    labels = {"expbuild.io/worker-id": worker_id, "expbuild.io/owner": f"{socket.gethostname()}:{gone.pid}:1"}
+    left = subprocess.run(["docker", "run", "-d", "--network", "none",
+                           *(f"--label={key}={value}" for key, value in labels.items()), DOCKER_IMAGE, "sleep", "300"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+    def running() -> list[str]:
+        return subprocess.run(["docker", "ps", "-q", "--no-trunc", "--filter", f"label=expbuild.io/worker-id={worker_id}"],
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    try:
+        assert running() == [left]   # the control: the container runs with no agent at all
+        async with running_agent(kmock, config, "n1"):
+            assert running() == [], "the started agent left its predecessor's container running"
+    finally:
+        subprocess.run(["docker", "rm", "-f", left], capture_output=True, check=False)
 
 
 @needs_root

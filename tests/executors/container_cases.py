@@ -11,9 +11,11 @@ import asyncio
 import os
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from expbuild_isolation.executors.base import (ExecutionRequest, ExecutorUnavailable, IsolationLevel,
@@ -25,6 +27,7 @@ from expbuild_isolation.executors.select import select_executor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
 
 ENGINES = {"docker": (DockerExecutor, DockerConfig), "podman": (PodmanExecutor, PodmanConfig)}
+WORKER, OWNER, DEADLINE = "expbuild.io/worker-id", "expbuild.io/owner", "expbuild.io/sweep-after"
 
 
 def required(backend: str) -> bool:
@@ -59,6 +62,14 @@ def leftovers(executor: DockerExecutor) -> list[str]:
         if top.is_dir():
             names += [str(d) for d in top.iterdir() if d.is_dir() and d.name in names]
     return names
+
+
+def labelled(executor: DockerExecutor, labels: dict[str, str], *argv: str):  # type: ignore[no-untyped-def]
+    """A running container with ``labels``, made behind the executor's back (as another worker would)."""
+    container = executor.client().containers.create(executor.config.image, list(argv or ("sleep", "300")),
+                                                    labels=labels, network_mode="none")
+    container.start()
+    return container
 
 
 def request(workspace: Path, *argv: str, **fields) -> ExecutionRequest:  # type: ignore[no-untyped-def]
@@ -207,5 +218,76 @@ def cases(backend: str) -> dict:  # noqa: C901 - one closure per promise
         await executor.close()
         assert leftovers(executor) == []
         assert not list(Path("/run/expbuild").glob(f"{backend}-pool-{os.getpid()}/*"))
+
+    async def test_a_starting_worker_sweeps_dead_owners_and_past_deadlines():  # type: ignore[no-untyped-def]
+        """A pid reused by another process is no owner; a container past its deadline goes, whoever owns it."""
+        executor = await usable(backend)
+        worker, other = executor.worker_id, f"test-{uuid.uuid4().hex[:8]}"
+        alive, host = executor.owner, socket.gethostname()   # this process: a live owner
+        soon, past = str(int(time.time()) + 3600), str(int(time.time()) - 1)
+        made = {
+            "reused pid": labelled(executor, {WORKER: worker, OWNER: f"{host}:{os.getpid()}:1"}),
+            "past its deadline": labelled(executor, {WORKER: other, OWNER: alive, DEADLINE: past}),
+            # the controls: a live owner's container of this worker and of another, before their deadlines
+            "live owner": labelled(executor, {WORKER: worker, OWNER: alive, DEADLINE: soon}),
+            "another worker's": labelled(executor, {WORKER: other, OWNER: f"{host}:1:1", DEADLINE: soon}),
+        }
+        try:
+            await executor.warmup()
+            names = set(subprocess.run([backend, "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
+                                       text=True, check=True).stdout.split())
+            assert {why for why, c in made.items() if c.name in names} == {"live owner", "another worker's"}
+        finally:
+            for container in made.values():
+                subprocess.run([backend, "rm", "-f", container.name], capture_output=True, check=False)
+            await executor.close()
+
+    async def test_the_sweep_survives_a_container_removed_after_its_listing(monkeypatch):  # type: ignore[no-untyped-def]
+        """Seen when tests share a daemon: another executor removes a container while the sweep looks at it."""
+        executor = await usable(backend)
+        # this worker's, of a live owner: no sweep removes it itself, every listing of ours names it
+        doomed = labelled(executor, {WORKER: executor.worker_id, OWNER: executor.owner})
+        api, removed = executor.client().api, []
+        listing = api.containers
+
+        def listed_then_removed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            found = listing(*args, **kwargs)
+            if not removed and any(entry["Id"] == doomed.id for entry in found):
+                api.remove_container(doomed.id, force=True)
+                removed.append(doomed.name)
+            return found
+
+        monkeypatch.setattr(api, "containers", listed_then_removed)
+        try:
+            await executor.warmup()
+        finally:
+            await executor.close()
+        assert removed, "no listing of the sweep named the container"
+
+    async def test_a_container_that_stops_as_it_is_removed_is_removed_all_the_same(executor, monkeypatch):  # type: ignore[no-untyped-def]
+        """Seen with Podman under load: a cancelled task's container ends itself (its attached stdin closes)
+        while the forced removal kills it, and the daemon refuses that removal; the refusal, injected once
+        here, must not leave the container behind."""
+        container = labelled(executor, {WORKER: executor.worker_id, OWNER: executor.owner})
+        api, refused = executor.client().api, []
+        removal = api.remove_container
+
+        def refused_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not refused:
+                refused.append(args)
+                raise docker.errors.APIError(
+                    "500 Server Error: Internal Server Error", explanation=(
+                        f"cannot remove container {container.id} as it could not be stopped: sending SIGKILL to "
+                        f"container {container.id}: container state improper: stopped"))
+            return removal(*args, **kwargs)
+
+        monkeypatch.setattr(api, "remove_container", refused_once)
+        try:
+            await asyncio.to_thread(executor.remove, container.name, None)
+        finally:
+            monkeypatch.undo()
+            left = container.name in leftovers(executor)
+            subprocess.run([backend, "rm", "-f", container.name], capture_output=True, check=False)
+        assert refused and not left
 
     return {name: value for name, value in locals().items() if name.startswith("test_") or name == "executor"} | {"workspace": workspace}

@@ -109,6 +109,7 @@ class NodeAgent:
     async def run(self) -> None:
         try:
             self.install_seccomp_profiles()
+            await self.warm_up()
             await self.check_health()
             await self.recover()
             await self.renew()
@@ -201,6 +202,16 @@ class NodeAgent:
         except OSError as exc:
             LOG.warning("seccomp profiles not installed in %s: %s", directory, exc)
         self.seccomp_profiles = [name for name in PROFILES if (directory / f"{name}.json").is_file()]
+
+    async def warm_up(self) -> None:
+        """Each executor's start (images, pools), which first sweeps what a previous agent left: containers
+        of a worker killed mid-task run on until a starting one removes them. A failure here is the health
+        check's to report; the agent starts all the same."""
+        for name, executor in self._executors.items():
+            try:
+                await executor.warmup()
+            except Exception as exc:  # noqa: BLE001 - a daemon down at start must not keep the agent down
+                LOG.warning("executor %s: warmup failed: %s", name, exc)
 
     async def check_health(self) -> None:
         healthy = []

@@ -8,6 +8,9 @@ Lifecycle of one task: create (or take a warm container) -> attach to its
 output (``output.py``: each stream's tail, read live) -> start -> wait
 with the deadline -> on timeout kill (exit 124) -> exit state and OOM kills
 (exit 137) -> stats from the task's parent cgroup -> outputs -> remove.
+The container carries its own end too (``deadline.py``): it stops when this
+worker dies, or at its deadline if the worker cannot act; a starting worker
+sweeps what others left (``sweep.py``).
 Removal happens on every path, cancellation included: the container has a
 name before it exists, so a create still in flight when the task is cancelled
 is awaited and then removed. Nothing relies on auto_remove, which races with
@@ -36,6 +39,7 @@ import stat
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -44,18 +48,21 @@ import requests.exceptions
 from ..base import (ExecutionRequest, ExecutionResult, ExecutionStats, ExecutorCapabilities, ExecutorUnavailable,
                    IsolationLevel, IsolationUnavailable, ResourceLimits, TerminationReason)
 from ..config import DockerConfig
-from ..cgroups import pid_alive
+from . import sweep as sweeping
+from .busybox import ContainerInit
 from .cgroup import ContainerCgroup, sweep_orphans
+from .deadline import SCRIPTS, ended_at_own_deadline, start_failure, sweep_after
 from .output import AttachedOutput
 from .pool import WarmPool, sweep_slots
-from .spec import (LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
-                          seccomp_option, working_dir_in_container)
+from .spec import (LABEL_DEADLINE, LABEL_OWNER, LABEL_TASK, LABEL_WORKER, Placement, capabilities_for, create_kwargs,
+                   seccomp_option, working_dir_in_container)
 from ..select import unmet_requirements
 from ..workspace import WorkspaceError, collect_outputs, make_dirs_beneath
 
 log = logging.getLogger(__name__)
 _TRANSPORT_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 _LONGEST_WAIT = 7 * 24 * 3600.0  # the API's own bound on spec.timeout
+_REMOVE_RETRY_PAUSES = (0.1, 0.5)  # seconds before each further try of a refused removal
 _OUTPUT_GRACE_SECONDS = 10.0  # how long after the exit the engine may take to close the attached output
 
 
@@ -69,11 +76,12 @@ class DockerExecutor:
     def __init__(self, config: DockerConfig | None = None) -> None:
         self.config = config or DockerConfig()
         self.worker_id = self.config.worker_id or socket.gethostname()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = sweeping.owner_label()
         self._client: docker.DockerClient | None = None
         self._waits = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"{self.name}-wait")
         self._runtimes_checked = False
         self._leftover_cgroups: list[ContainerCgroup] = []
+        self.init = ContainerInit(self.name, SCRIPTS)
         self.pool = WarmPool(self) if self.config.pool_size > 0 else None
 
     # -- contract ---------------------------------------------------------------------------------------------
@@ -88,8 +96,9 @@ class DockerExecutor:
         await asyncio.to_thread(self._check, self.config.image)
 
     async def warmup(self) -> None:
-        await asyncio.to_thread(self._ensure_image, self.config.image)
+        """Sweep what dead or stuck workers left (first: whatever else fails), pull the image, fill the pool."""
         await asyncio.to_thread(self.sweep)
+        await asyncio.to_thread(self._ensure_image, self.config.image)
         if self.pool is not None:
             await self.pool.fill()
 
@@ -121,7 +130,8 @@ class DockerExecutor:
                 return result
         name = self.container_name()
         cgroup = ContainerCgroup(self.cgroup_top, name)
-        placement = Placement(name, self.labels(request.task_id), cgroup.cgroup_parent, str(request.workspace))
+        labels = {**self.labels(request.task_id), LABEL_DEADLINE: str(sweep_after(request.timeout_seconds))}
+        placement = Placement(name, labels, cgroup.cgroup_parent, str(request.workspace))
         created: asyncio.Future | None = None
         try:
             created = asyncio.ensure_future(asyncio.to_thread(self._create, request, limits, placement, cgroup))
@@ -149,7 +159,7 @@ class DockerExecutor:
     def _create(self, request: ExecutionRequest, limits: ResourceLimits, placement: Placement,  # type: ignore[no-untyped-def]
                 cgroup: ContainerCgroup):
         limits = replace(limits, memory_bytes=cgroup.limit_memory(limits.memory_bytes))
-        kwargs = self.create_arguments(request, limits, placement)
+        kwargs = self.create_arguments(request, limits, placement, init_dir=self.init_dir(request.workspace.parent))
         try:
             return self.client().containers.create(**kwargs)
         except docker.errors.ImageNotFound:
@@ -216,7 +226,9 @@ class DockerExecutor:
 
     def _attach(self, container, limit: int) -> AttachedOutput:  # type: ignore[no-untyped-def]
         try:
-            return AttachedOutput(self.client().api, container.id, limit)
+            # stdin too where it is open (our init): the container learns of this worker's death through it
+            stdin = bool((container.attrs.get("Config") or {}).get("OpenStdin"))
+            return AttachedOutput(self.client().api, container.id, limit, stdin=stdin)
         except docker.errors.APIError:
             raise
         except _TRANSPORT_ERRORS as exc:
@@ -241,12 +253,18 @@ class DockerExecutor:
                 container.reload()
                 state = container.attrs.get("State", {})
         exit_code = int(state.get("ExitCode", code if isinstance(code, int) else -1))
+        stdout, stderr = output.finish(timeout=_OUTPUT_GRACE_SECONDS)
+        # The container's own deadline came first (this worker was held up past the timeout and its grace).
+        timed_out = timed_out or (exit_code != 0 and ended_at_own_deadline(stderr.data()))
         # Any process of the task killed at the memory limit, even one whose shell went on to exit 0.
         oom = bool(state.get("OOMKilled")) or (usage is not None and usage.oom_killed)
+        not_started = None if timed_out or oom else start_failure(exit_code, stderr.data())
         if timed_out:
             exit_code, reason = 124, TerminationReason.DEADLINE_EXCEEDED
         elif oom:
             exit_code, reason = 137, TerminationReason.OOM_KILLED
+        elif not_started:
+            exit_code, reason = 127, TerminationReason.START_FAILED
         elif exit_code == 0:
             reason = TerminationReason.COMPLETED
         elif usage is not None and usage.pids_limit_hit:
@@ -260,8 +278,9 @@ class DockerExecutor:
                                disk_read_bytes=usage.disk_read_bytes if usage else None,
                                disk_write_bytes=usage.disk_write_bytes if usage else None)
         message = {TerminationReason.DEADLINE_EXCEEDED: f"killed after the {request.timeout_seconds:g}s timeout",
-                   TerminationReason.OOM_KILLED: "killed by the kernel at the memory limit"}.get(reason, "")
-        stdout, stderr = output.finish(timeout=_OUTPUT_GRACE_SECONDS)
+                   TerminationReason.OOM_KILLED: "killed by the kernel at the memory limit",
+                   TerminationReason.START_FAILED: f"{request.argv[0]}: could not be started: {not_started}",
+                   }.get(reason, "")
         return ExecutionResult(exit_code=exit_code, reason=reason, executor=self.name,
                                isolation_level=self.isolation_level(), stdout=stdout.data(), stderr=stderr.data(),
                                stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
@@ -281,13 +300,25 @@ class DockerExecutor:
         await asyncio.to_thread(self.remove, name, cgroup)
 
     def remove(self, name: str, cgroup: ContainerCgroup | None) -> None:
-        """Remove the container (killing it if needed) and its parent cgroup; absent things are fine."""
-        with contextlib.suppress(docker.errors.NotFound):
+        """Remove the container (killing it if needed) and its parent cgroup; absent things are fine.
+
+        A refusal is tried again: a container that ends itself while the removal kills it (its init, when a
+        cancelled task's attached stdin closes) makes Podman refuse ("could not be stopped ... state
+        improper"); stopped by then, it goes on the next try.
+        """
+        for pause in (*_REMOVE_RETRY_PAUSES, None):
             try:
                 self.client().api.remove_container(name, force=True, v=True)
+                break
+            except docker.errors.NotFound:
+                break
             except docker.errors.APIError as exc:
-                if "removal" not in str(exc).lower() or "in progress" not in str(exc).lower():
+                if "removal" in str(exc).lower() and "in progress" in str(exc).lower():
+                    break
+                if pause is None:
                     log.warning("%s: cannot remove container %s: %s", self.name, name, exc)
+                else:
+                    time.sleep(pause)
         if cgroup is not None:
             self._leftover_cgroups.append(cgroup)
         self.remove_leftover_cgroups()
@@ -398,31 +429,21 @@ class DockerExecutor:
             log.warning("%s: always_pull: cannot pull %s, using the local copy: %s", self.name, image, _short(exc))
 
     def sweep(self) -> list[str]:
-        """Remove containers (and parent cgroups) of this worker whose owning process is gone."""
-        client = self.client()
-        removed = []
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={self.worker_id}"}):
-            owner = container.labels.get(LABEL_OWNER, "")
-            if owner == self.owner or _owner_alive(owner):
-                continue  # a live executor's running task or warm container
-            self.remove(container.name, ContainerCgroup(self.cgroup_top, container.name))
-            removed.append(container.name)
-        alive = {c.name for c in client.containers.list(all=True, filters={"label": LABEL_WORKER})}
-        sweep_orphans(self.cgroup_top, alive)
+        """Remove what no live executor will (``sweep.py``) and the parent cgroups and pool slots left."""
+        removed, others = sweeping.sweep(self.client().api, worker_id=self.worker_id, owner=self.owner,
+                                         remove=lambda name: self.remove(name, ContainerCgroup(self.cgroup_top, name)))
+        sweep_orphans(self.cgroup_top, others)
         sweep_slots(self.name)
         return removed
+
+    def init_dir(self, parent: Path) -> str | None:
+        """The host directory with the containers' init (``deadline.py``), copied into ``parent`` once; None:
+        no own end for this container (``busybox.ContainerInit`` says why, once, in the log)."""
+        return self.init.directory(parent)
 
 
 class _StartRefused(Exception):
     """The engine refused to start the container (say, a missing executable); the message is its reason."""
-
-
-def _owner_alive(owner: str) -> bool:
-    """``host:pid`` names a live process on this host (another host's owner counts as alive: not ours to judge)."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return bool(host)
-    return pid_alive(pid)
 
 
 def _short(exc: BaseException) -> str:

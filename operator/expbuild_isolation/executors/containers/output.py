@@ -7,6 +7,10 @@ container before ``start``, a warm one before its go), the stream carries every 
 stream; each goes into its own ``BoundedBuffer`` (the last N bytes). The engine closes the stream when the
 container exits; one thread per running task reads it, so a slow reader never stalls the task's writes for
 long and never waits behind another task.
+
+The same connection carries the container's stdin when it was created open (our init, ``deadline.py``):
+nothing is ever written to it; when this process dies the kernel closes the connection, the engine closes
+the container's stdin, and the init ends the task.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from ..logs import BoundedBuffer
 class AttachedOutput:
     """stdout and stderr of one container from attach until the container exits."""
 
-    def __init__(self, api, container_id: str, limit: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, api, container_id: str, limit: int, *, stdin: bool = False) -> None:  # type: ignore[no-untyped-def]
         self.stdout, self.stderr = BoundedBuffer(limit), BoundedBuffer(limit)
         self.broken = ""
-        self._stream = api.attach_socket(container_id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 0} | ({"stdin": 1} if stdin else {})
+        self._stream = api.attach_socket(container_id, params=params)
         self._thread = threading.Thread(target=self._pump, name=f"attach-{container_id[:12]}", daemon=True)
         self._thread.start()
 

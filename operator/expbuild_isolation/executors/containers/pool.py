@@ -2,14 +2,19 @@
 
 A warm container is created *and started* ahead of time with every setting of
 its limits class (image, limits, network, seccomp, user) and waits in
-``read x < /.expbuild/go``. Its /workspace is an empty per-slot host directory,
+``read x < /.expbuild/go``, run by our init's busybox (``deadline.py``) where there is one, else by the
+image's /bin/sh. Its /workspace is an empty per-slot host directory,
 bind-mounted with ``rslave`` propagation from a shared mount point. When a task
 arrives the executor, on the host, bind-mounts the task's workspace over that
 slot directory (the mount propagates into the waiting container), writes the
 task's argv and env as a shell script into the slot's read-only control
 directory, and writes one line into the FIFO: the container's shell changes to
-the working directory and ``exec``s the task. From there on it is an ordinary
+the working directory and sources our init, which runs the task as PID 1's child with its own deadline, as
+in a cold container (without a static busybox: ``exec``s the task). From there on it is an ordinary
 container run: wait with the deadline, logs, state, stats, outputs, removal.
+
+While it waits, the pool holds the FIFO open for writing: if the worker dies the kernel closes it, the
+waiting shell reads end of file and exits, and its container stops (a restarted worker's sweep removes it).
 
 A used container is never reused: it is removed after its one task, off the task's
 critical path, and the pool tops itself up in the background -- after the task
@@ -40,13 +45,16 @@ import docker.errors
 from ..base import ExecutionRequest, ExecutionResult, ResourceLimits, TerminationReason
 from ..config import DockerConfig
 from .cgroup import ContainerCgroup
+from .deadline import BUSYBOX, sourced_init
 from .spec import LABEL_POOL, Placement, limits_class, working_dir_in_container
 
 
 log = logging.getLogger(__name__)
 POOL_ROOT = Path("/run/expbuild")
 CONTROL = "/.expbuild"
-WAIT_COMMAND = ["/bin/sh", "-c", f"read x < {CONTROL}/go && . {CONTROL}/run.sh"]
+WAIT = f"read x < {CONTROL}/go && . {CONTROL}/run.sh"
+WAIT_COMMAND = ["/bin/sh", "-c", WAIT]           # without our init: the image's shell
+INIT_WAIT_COMMAND = [BUSYBOX, "sh", "-c", WAIT]  # with it: our busybox is PID 1 from the start
 MAX_CLASSES = 4
 _MS_BIND, _MS_REC, _MS_SHARED, _MNT_DETACH = 4096, 16384, 1 << 20, 2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -71,8 +79,10 @@ def _mounts_under(path: Path) -> list[str]:
     return sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)
 
 
-def launch_script(request: ExecutionRequest) -> str:
-    """The shell the waiting container sources: cd, then exec the task with its environment."""
+def launch_script(request: ExecutionRequest, init: bool = False) -> str:
+    """The shell the waiting container sources: cd, then our init (``init``) or exec the task with its env."""
+    if init:
+        return sourced_init(working_dir_in_container(request), request.timeout_seconds, request.argv, request.env)
     env = [shlex.quote(f"{key}={value}") for key, value in request.env.items()]
     argv = [shlex.quote(arg) for arg in request.argv]
     return (f"cd {shlex.quote(working_dir_in_container(request))} || exit 127\n"
@@ -85,6 +95,8 @@ class Slot:
     directory: Path
     cgroup: ContainerCgroup
     container: object = None
+    init: bool = False     # its PID 1 is our init's busybox
+    keepalive: int | None = None   # the FIFO's write end, held while the container waits (see the docstring)
 
     @property
     def workspace(self) -> Path:
@@ -112,6 +124,8 @@ class Engine(Protocol):
     def client(self) -> Any: ...
 
     def remove(self, name: str, cgroup: ContainerCgroup | None) -> None: ...
+
+    def init_dir(self, parent: Path) -> str | None: ...
 
     def run_container(self, container: Any, request: ExecutionRequest, cgroup: ContainerCgroup, *,
                       start: Callable[[], Any], running: bool = False) -> Awaitable[ExecutionResult]: ...
@@ -239,13 +253,17 @@ class WarmPool:
             labels = {**self.executor.labels("warm"), LABEL_POOL: "1"}
             placement = Placement(name, labels, slot.cgroup.cgroup_parent, str(slot.workspace))
             limits = replace(limits, memory_bytes=slot.cgroup.limit_memory(limits.memory_bytes))
+            init_dir = self.executor.init_dir(POOL_ROOT)
+            slot.init = init_dir is not None
             kwargs = self.executor.create_arguments(
-                template, limits, placement, command=WAIT_COMMAND, workspace_propagation="rslave",
+                template, limits, placement, command=INIT_WAIT_COMMAND if slot.init else WAIT_COMMAND,
+                workspace_propagation="rslave", init_dir=init_dir,
                 extra_mounts=(Mount(target=CONTROL, source=str(slot.directory / "ctl"), type="bind",
                                     read_only=True),))
             slot.container = self.executor.client().containers.create(**kwargs)
             self.created += 1
             slot.container.start()
+            slot.keepalive = open_waiting_fifo(slot.fifo, slot.name, seconds=30)
         except BaseException:
             self.release(slot)
             raise
@@ -254,6 +272,9 @@ class WarmPool:
     def release(self, slot: Slot) -> None:
         """Remove the container, its cgroup and the slot directory; never deletes through a mount."""
         self.executor.remove(slot.name, slot.cgroup)
+        if slot.keepalive is not None:   # after the removal: a container stopping meanwhile races with it (Podman)
+            os.close(slot.keepalive)
+            slot.keepalive = None
         for point in _mounts_under(slot.directory):
             with contextlib.suppress(OSError):
                 _umount(point)
@@ -308,23 +329,15 @@ class WarmRun:
             with contextlib.suppress(OSError):
                 _umount(str(self.slot.workspace))
             self.pool.release_later(self.slot)
-        if result.exit_code == 127 and re.search(rb"env: can't execute", result.stderr):
+        if not self.slot.init and result.exit_code == 127 and re.search(rb"env: can't execute", result.stderr):
             result = replace(result, reason=TerminationReason.START_FAILED,
                              message=f"{request.argv[0]}: could not be started")
         return result
 
     def _arm(self, request: ExecutionRequest) -> None:
         """Open the FIFO (proves the container is waiting), mount the task's workspace, write the script."""
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                self._fifo_fd = os.open(self.slot.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                    raise docker.errors.APIError(f"warm container {self.slot.name} is not waiting") from None
-                time.sleep(0.002)
-        (self.slot.directory / "ctl" / "run.sh").write_text(launch_script(request))
+        self._fifo_fd = open_waiting_fifo(self.slot.fifo, self.slot.name, seconds=5)
+        (self.slot.directory / "ctl" / "run.sh").write_text(launch_script(request, self.slot.init))
         _mount(str(request.workspace), str(self.slot.workspace), _MS_BIND | _MS_REC)
 
     def _trigger(self) -> None:
@@ -332,6 +345,18 @@ class WarmRun:
         os.write(self._fifo_fd, b"go\n")
         os.close(self._fifo_fd)
         self._fifo_fd = None
+
+
+def open_waiting_fifo(fifo: Path, name: str, *, seconds: float) -> int:
+    """The FIFO's write end, once the container's shell waits at its read end (ENXIO until then)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise docker.errors.APIError(f"warm container {name} is not waiting") from None
+            time.sleep(0.002)
 
 
 def sweep_slots(engine: str) -> None:

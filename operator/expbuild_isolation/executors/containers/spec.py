@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from ...api.task import IsolationLevel, NetworkMode
 from ..base import ExecutionRequest, ExecutorCapabilities, ResourceLimits
 from ..config import DockerConfig
+from .deadline import INIT_DIR, INIT_PROCESSES, init_command
 
 WORKSPACE = "/workspace"
 LABEL_TASK = "expbuild.io/task-id"
 LABEL_WORKER = "expbuild.io/worker-id"
 LABEL_OWNER = "expbuild.io/owner"        # host:pid of the executor that created it (the sweep spares live owners)
 LABEL_POOL = "expbuild.io/pool-class"    # set on warm-pool containers
+LABEL_DEADLINE = "expbuild.io/sweep-after"  # epoch seconds: past it any sweep removes the container (deadline.py)
 VM_RUNTIMES = ("runsc", "kata", "kata-runtime", "kata-qemu", "kata-fc")
 SECCOMP_NAMES = frozenset({"RuntimeDefault", "expbuild-default", "expbuild-strict", "Unconfined"})
 
@@ -80,11 +82,23 @@ def limits_class(request: ExecutionRequest, limits: ResourceLimits, config: Dock
 
 def create_kwargs(request: ExecutionRequest, limits: ResourceLimits, config: DockerConfig, placement: Placement,
                   *, seccomp: str, command: list[str] | None = None, extra_mounts: tuple = (),
-                  workspace_propagation: str | None = None, engine: str = "docker") -> dict:
-    """Keyword arguments for ``DockerClient.containers.create``; ``command`` replaces argv (warm pool)."""
+                  workspace_propagation: str | None = None, engine: str = "docker",
+                  init_dir: str | None = None) -> dict:
+    """Keyword arguments for ``DockerClient.containers.create``; ``command`` replaces argv (warm pool).
+
+    ``init_dir``: the host directory holding our init (``deadline.py``), which then runs the task (or
+    ``command``) as PID 1, with stdin open until the worker's attached connection goes; None: no own end.
+    """
     from docker.types import LogConfig, Mount
 
-    argv = list(command if command is not None else request.argv)
+    if command is not None:
+        argv = list(command)
+    elif init_dir is not None:
+        argv = init_command(request.timeout_seconds, request.argv)
+    else:
+        argv = list(request.argv)
+    if init_dir is not None:
+        extra_mounts = (Mount(target=INIT_DIR, source=init_dir, type="bind", read_only=True), *extra_mounts)
     network = "bridge" if limits.network.mode == NetworkMode.FULL and config.network_mode == "bridge" else "none"
     security = [opt for opt in config.security_opts if not opt.startswith("seccomp")]
     if "no-new-privileges" not in [opt.replace(":true", "").replace("=true", "") for opt in security]:
@@ -101,7 +115,9 @@ def create_kwargs(request: ExecutionRequest, limits: ResourceLimits, config: Doc
         security_opt=security, cap_drop=["ALL"], privileged=False, ipc_mode="private",
         mounts=[Mount(target=WORKSPACE, source=placement.workspace_source, type="bind", read_only=False,
                       propagation=workspace_propagation), *extra_mounts],
-        stdin_open=False, tty=False, detach=True,
+        # With the init: stdin open, closed by the engine when the one attached client goes (StdinOnce, which
+        # the SDK sets for stdin_open without detach); our init is PID 1 even where the daemon adds its own.
+        stdin_open=init_dir is not None, tty=False, detach=init_dir is None,
         log_config=LogConfig(type="json-file", config={"max-size": str(4 * request.log_limit_bytes + 65536),
                                                          "max-file": "2"}),
     )
@@ -114,8 +130,10 @@ def create_kwargs(request: ExecutionRequest, limits: ResourceLimits, config: Doc
         kwargs["memswap_limit"] = limits.memory_bytes  # swap equal to memory: no swap on top
     if limits.cpu_cores is not None:
         kwargs["nano_cpus"] = int(limits.cpu_cores * 1e9)
-    if limits.max_processes is not None:
-        kwargs["pids_limit"] = limits.max_processes
+    if init_dir is not None:
+        kwargs["init"] = False
+    if limits.max_processes is not None:   # the init's own processes come on top: the task keeps its limit
+        kwargs["pids_limit"] = limits.max_processes + (INIT_PROCESSES if init_dir is not None else 0)
     if placement.cgroup_parent:
         kwargs["cgroup_parent"] = placement.cgroup_parent
     if config.runtime:
