@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from expbuild_isolation import metrics
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
 from expbuild_isolation.executors.base import ExecutorUnavailable
@@ -19,7 +18,9 @@ from expbuild_isolation.executors.config import DockerConfig
 from expbuild_isolation.executors.containers.docker import DockerExecutor
 from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
 from expbuild_isolation.kube.status import status_from
+from expbuild_isolation.selftest.host_side import processes_with
 from expbuild_isolation.worker.config import WorkerConfig
+
 from tests.controller.conftest import TASKS, eventually, task_body
 from tests.controller.test_operator import job_pod, pod_body
 
@@ -280,7 +281,6 @@ async def test_an_unschedulable_task_stays_on_the_job_path_even_with_an_agent_al
 
 async def test_healthz_follows_the_lease_renewal_and_metrics_are_served(worker_config):
     from aiohttp.test_utils import TestClient, TestServer
-
     from expbuild_isolation.agent.api import AgentApi
     from expbuild_isolation.agent.node import AgentSettings, NodeAgent
     from expbuild_isolation.agent.run import health_app
@@ -316,19 +316,7 @@ async def test_a_task_deleted_while_it_runs_on_an_agent_stops_there(api, kmock, 
     await api.create(TASKS, placed("vanishing", "n1", **sh(f"sleep {marker}")))
     async with running_agent(kmock, worker_config, "n1", counting=counting) as agent:
         await eventually(lambda: _phase(api, "vanishing", "Running"), timeout=30, what="Running")
-        await eventually(lambda: _true(_processes_with(marker)), timeout=10, what="its process (positive control)")
+        await eventually(lambda: _true(processes_with(marker)), timeout=10, what="its process (positive control)")
         await api.delete(f"{TASKS}/vanishing")
         await eventually(lambda: _true(not agent.running), timeout=15, what="the run to stop")
-    await eventually(lambda: _true(not _processes_with(marker)), timeout=10, what="its processes to go")
-
-
-def _processes_with(marker: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
+    await eventually(lambda: _true(not processes_with(marker)), timeout=10, what="its processes to go")

@@ -6,12 +6,12 @@ import time
 import uuid
 
 import pytest
-
 from expbuild_isolation.api.task import IsolationLevel, NetworkMode
 from expbuild_isolation.executors.base import ExecutionRequest, TerminationReason
 from expbuild_isolation.executors.config import HostConfig
 from expbuild_isolation.executors.host import HostExecutor
 from expbuild_isolation.executors.workspace import create_workspace, remove_workspace
+from expbuild_isolation.selftest.host_side import processes_with
 
 
 @pytest.fixture
@@ -24,18 +24,6 @@ def workspace():
 def request(workspace, *argv, **kw):
     return ExecutionRequest(task_id=f"t-{uuid.uuid4().hex[:8]}", argv=tuple(argv), workspace=workspace,
                             minimum_isolation=IsolationLevel.NONE, **kw)
-
-
-def processes_with(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 async def test_exit_code_stdout_and_stderr_are_reported(workspace):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from expbuild_isolation.executors.base import ExecutorUnavailable
+from expbuild_isolation.selftest.host_side import processes_with
 from expbuild_isolation.worker.chain import build_executor
 from expbuild_isolation.worker.config import load_worker_config
 
@@ -87,18 +87,6 @@ def skip_unless_usable(executor: str, config_path: Path) -> None:
         if required(backend):
             pytest.fail(f"{backend} is required (EXPBUILD_REQUIRE_BACKENDS) but unavailable: {exc}")
         pytest.skip(f"{backend} unavailable: {exc}")
-
-
-def processes_with(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]

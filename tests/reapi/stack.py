@@ -239,15 +239,3 @@ def _terminate(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
-
-
-def processes_with(marker: str) -> list[int]:
-    """PIDs whose command line contains ``marker`` (this process excluded)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-    return found

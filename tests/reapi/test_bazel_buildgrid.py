@@ -16,8 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from expbuild_isolation.selftest.host_side import processes_with
 
-from .stack import ReapiStack, free_port, missing_tools, processes_with
+from .stack import ReapiStack, free_port, missing_tools
 
 HERE = Path(__file__).parent
 pytestmark = [pytest.mark.root, pytest.mark.timeout(420)]
