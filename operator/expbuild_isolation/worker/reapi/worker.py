@@ -22,11 +22,13 @@ import logging
 import platform
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...api.task import IsolationLevel
-from ..chain import build_chain
+from ...executors.base import TaskExecutor
+from ..chain import LOCAL_BACKENDS, build_chain
 from ..config import WorkerConfig
 from .cas import LocalCas, RemoteCas
 from .protos import any_pb2, bots_grpc, bots_pb2, code_pb2, grpc, re_pb2, status_pb2, worker_pb2
@@ -64,6 +66,28 @@ def stable_bot_id(config: WorkerConfig) -> str:
     return f"{config.worker_id}@{socket.gethostname()}"
 
 
+def executor_chains(config: WorkerConfig) -> dict[str, list[TaskExecutor]]:
+    """The configured chain (``auto``) and one chain per backend an action may name, sharing one executor per
+    backend: two instances of one backend would keep two warm pools and sweep each other's containers."""
+    auto = build_chain(config)
+    chains: dict[str, list[TaskExecutor]] = {"auto": auto}
+    for name in LOCAL_BACKENDS:
+        configured = [executor for executor in auto if executor.name == name]
+        chains[name] = configured[:1] or build_chain(config, name)
+    return chains
+
+
+async def warm_up(executors: Sequence[TaskExecutor]) -> None:
+    """Each configured executor's start, which first sweeps what a killed worker of this worker id left
+    (containers past their deadline, or whose owner is gone). A backend down at start is logged, not fatal:
+    actions that need it are answered UNAVAILABLE and the server retries them elsewhere."""
+    for executor in executors:
+        try:
+            await executor.warmup()
+        except Exception as exc:  # noqa: BLE001 - one broken backend must not keep the worker from serving
+            LOG.warning("executor %s: warmup failed: %s", executor.name, exc)
+
+
 class ReapiWorker:
     def __init__(self, config: WorkerConfig, settings: ReapiSettings) -> None:
         self.config, self.settings = config, settings
@@ -86,9 +110,8 @@ class ReapiWorker:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         floor = IsolationLevel(self.config.isolation_minimum)
-        chains = {"auto": build_chain(self.config)}
-        for name in ("host", "namespace", "docker", "podman"):
-            chains[name] = build_chain(self.config, name)
+        chains = executor_chains(self.config)
+        await warm_up(chains["auto"])
         target = grpc_target(self.settings.server)
         cas_target = grpc_target(self.settings.cas) if self.settings.cas else target
         backoff = 0.5
