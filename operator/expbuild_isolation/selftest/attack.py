@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -71,13 +73,21 @@ def hostile(workspace: Path, script: str, *, marker: str = "hostile", timeout: f
 
 @contextlib.contextmanager
 def scratch_workspace() -> Iterator[Path]:
-    """A fresh workspace any task user may enter, removed afterwards whatever the task left in it."""
-    path = create_workspace()
+    """A fresh workspace any task user may enter, removed afterwards whatever the task left in it.
+
+    It sits in a private parent of its own, removed with it: Docker and Podman copy their container init
+    beside the workspace (``executors/containers/busybox.py``), and selftest must leave nothing in $TMPDIR."""
+    parent = Path(tempfile.mkdtemp(prefix="expbuild-selftest-"))
     try:
-        os.chmod(path, 0o755)
-        yield path
+        os.chmod(parent, 0o755)
+        path = create_workspace(parent)
+        try:
+            os.chmod(path, 0o755)
+            yield path
+        finally:
+            remove_workspace(path)
     finally:
-        remove_workspace(path)
+        shutil.rmtree(parent)
 
 
 async def settle(task: asyncio.Future[Any]) -> None:
