@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
 import uuid
 from datetime import datetime, timezone
@@ -13,9 +11,6 @@ from pathlib import Path
 import pytest
 from expbuild_isolation import metrics
 from expbuild_isolation.api.task import ExecutionTask, IsolationLevel
-from expbuild_isolation.executors.base import ExecutorUnavailable
-from expbuild_isolation.executors.config import DockerConfig
-from expbuild_isolation.executors.containers.docker import DockerExecutor
 from expbuild_isolation.kube.leases import AgentAdvert, render_agent_lease
 from expbuild_isolation.kube.status import status_from
 from expbuild_isolation.selftest.host_side import processes_with
@@ -23,6 +18,7 @@ from expbuild_isolation.worker.config import WorkerConfig
 
 from tests.controller.conftest import TASKS, eventually, task_body
 from tests.controller.test_operator import job_pod, pod_body
+from tests.executors.container_cases import left_by_a_killed_worker, running_of, usable
 
 from .conftest import AGENTS_NS, CLAIMS, LEASES, needs_root, running_agent
 
@@ -161,27 +157,12 @@ async def test_a_starting_agent_removes_the_container_a_killed_one_left_running(
     worker_id = f"agent-{uuid.uuid4().hex[:8]}"
     config = WorkerConfig(work_dir=tmp_path / "work",
                           executor={"type": "docker", "docker": {"worker_id": worker_id, "image": DOCKER_IMAGE}})
+    await usable("docker")
+    left = left_by_a_killed_worker("docker", worker_id, DOCKER_IMAGE)
     try:
-        await DockerExecutor(DockerConfig(image=DOCKER_IMAGE)).health_check()
-    except ExecutorUnavailable as exc:
-        if "docker" in os.environ.get("EXPBUILD_REQUIRE_BACKENDS", "").split(","):
-            pytest.fail(f"docker is required (EXPBUILD_REQUIRE_BACKENDS) but unusable: {exc}")
-        pytest.skip(f"docker is unusable: {exc}")
-    gone = subprocess.Popen(["true"])   # the killed agent: a pid of this host whose process has ended
-    gone.wait()
-    labels = {"expbuild.io/worker-id": worker_id, "expbuild.io/owner": f"{socket.gethostname()}:{gone.pid}:1"}
-    left = subprocess.run(["docker", "run", "-d", "--network", "none",
-                           *(f"--label={key}={value}" for key, value in labels.items()), DOCKER_IMAGE, "sleep", "300"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-    def running() -> list[str]:
-        return subprocess.run(["docker", "ps", "-q", "--no-trunc", "--filter", f"label=expbuild.io/worker-id={worker_id}"],
-                              capture_output=True, text=True, check=True).stdout.split()
-
-    try:
-        assert running() == [left]   # the control: the container runs with no agent at all
+        assert running_of("docker", worker_id) == [left]   # the control: the container runs with no agent at all
         async with running_agent(kmock, config, "n1"):
-            assert running() == [], "the started agent left its predecessor's container running"
+            assert running_of("docker", worker_id) == [], "the started agent left its predecessor's container running"
     finally:
         subprocess.run(["docker", "rm", "-f", left], capture_output=True, check=False)
 

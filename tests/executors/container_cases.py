@@ -72,6 +72,23 @@ def labelled(executor: DockerExecutor, labels: dict[str, str], *argv: str):  # t
     return container
 
 
+def left_by_a_killed_worker(engine: str, worker_id: str, image: str) -> str:
+    """A running container of ``worker_id`` whose owner (a pid of this host) has ended, made by the engine's
+    command line as a killed worker would have left it; returns its id."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    labels = {"expbuild.io/worker-id": worker_id, "expbuild.io/owner": f"{socket.gethostname()}:{gone.pid}:1"}
+    return subprocess.run([engine, "run", "-d", "--network", "none",
+                           *(f"--label={key}={value}" for key, value in labels.items()), image, "sleep", "300"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def running_of(engine: str, worker_id: str) -> list[str]:
+    """Ids of the running containers of ``worker_id``, as the engine lists them."""
+    return subprocess.run([engine, "ps", "-q", "--no-trunc", "--filter", f"label=expbuild.io/worker-id={worker_id}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
 def request(workspace: Path, *argv: str, **fields) -> ExecutionRequest:  # type: ignore[no-untyped-def]
     return ExecutionRequest(task_id=f"t-{uuid.uuid4().hex[:6]}", argv=argv, workspace=workspace, **fields)
 

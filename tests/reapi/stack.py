@@ -49,6 +49,18 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def require_tools() -> None:
+    """Skip (fail under EXPBUILD_REQUIRE_REAPI=1) naming what this machine lacks for a real REAPI stack."""
+    import pytest
+
+    missing = missing_tools()
+    if missing:
+        message = "REAPI stack not available: " + "; ".join(missing)
+        if os.environ.get("EXPBUILD_REQUIRE_REAPI") == "1":
+            pytest.fail(message + " (EXPBUILD_REQUIRE_REAPI=1)")
+        pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

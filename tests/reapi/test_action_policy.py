@@ -36,7 +36,7 @@ from prometheus_client import REGISTRY  # noqa: E402
 from tests.agent.conftest import CountingExecutor  # noqa: E402
 from tests.unit.signature_cases import Publisher, payload  # noqa: E402
 
-from .stack import ReapiStack, missing_tools  # noqa: E402
+from .stack import ReapiStack, require_tools  # noqa: E402
 from .test_missing_blobs import directory, execute, upload  # noqa: E402
 
 re_pb2, grpc, code_pb2 = reapi_protos.re_pb2, reapi_protos.grpc, reapi_protos.code_pb2
@@ -80,12 +80,7 @@ REFUSED = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """BuildGrid, and one worker on the host executor whose file allows only registry.local/* images."""
-    missing = missing_tools()
-    if missing:
-        message = "REAPI stack not available: " + "; ".join(missing)
-        if os.environ.get("EXPBUILD_REQUIRE_REAPI") == "1":
-            pytest.fail(message + " (EXPBUILD_REQUIRE_REAPI=1)")
-        pytest.skip(message)
+    require_tools()
     root = tmp_path_factory.mktemp("reapi-policy")
     os.chmod(root, 0o755)
     stack = ReapiStack(root, capacity=1)

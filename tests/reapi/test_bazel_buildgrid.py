@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from expbuild_isolation.selftest.host_side import processes_with
 
-from .stack import ReapiStack, free_port, missing_tools
+from .stack import ReapiStack, free_port, require_tools
 
 HERE = Path(__file__).parent
 pytestmark = [pytest.mark.root, pytest.mark.timeout(420)]
@@ -26,12 +26,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(420)]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    missing = missing_tools()
-    if missing:
-        message = "REAPI stack not available: " + "; ".join(missing)
-        if os.environ.get("EXPBUILD_REQUIRE_REAPI") == "1":
-            pytest.fail(message + " (EXPBUILD_REQUIRE_REAPI=1)")
-        pytest.skip(message)
+    require_tools()
     root = tmp_path_factory.mktemp("reapi")
     os.chmod(root, 0o755)
     stack = ReapiStack(root, capacity=2)

@@ -8,14 +8,13 @@ worker starts. No build server is needed: the sweep comes before the first conne
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from tests.executors.container_cases import usable
+from tests.executors.container_cases import left_by_a_killed_worker, running_of, usable
 
 from .stack import REPO, free_port
 
@@ -25,17 +24,10 @@ IMAGE = "localhost/expbuild-busybox:latest"
 async def test_a_starting_reapi_worker_removes_the_container_a_killed_one_left(tmp_path: Path):
     await usable("docker")
     worker_id = f"reapi-{uuid.uuid4().hex[:8]}"
-    gone = subprocess.Popen(["true"])   # the killed worker: a pid of this host whose process has ended
-    gone.wait()
-    labels = {"expbuild.io/worker-id": worker_id, "expbuild.io/owner": f"{socket.gethostname()}:{gone.pid}:1"}
-    left = subprocess.run(["docker", "run", "-d", "--network", "none",
-                           *(f"--label={key}={value}" for key, value in labels.items()), IMAGE, "sleep", "300"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    left = left_by_a_killed_worker("docker", worker_id, IMAGE)
 
     def running() -> list[str]:
-        return subprocess.run(["docker", "ps", "-q", "--no-trunc", "--filter",
-                               f"label=expbuild.io/worker-id={worker_id}"],
-                              capture_output=True, text=True, check=True).stdout.split()
+        return running_of("docker", worker_id)
 
     config = tmp_path / "worker.toml"
     config.write_text(f'worker_id = "{worker_id}"\nwork_dir = "{tmp_path / "work"}"\n'
