@@ -107,37 +107,9 @@ def build_crd() -> dict[str, Any]:
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}",
-                     "labels": {"app.kubernetes.io/name": "expbuild-isolation"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
-                      "singular": KIND.lower(), "shortNames": ["xt"], "categories": ["expbuild"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "An untrusted build or test command, run hardened by expbuild-isolation.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema,
-                        "status": status_schema,
-                    },
-                }},
-            }],
-        },
-    }
+    return _crd(KIND, PLURAL, "Namespaced", "xt", columns,
+                "An untrusted build or test command, run hardened by expbuild-isolation.",
+                {"spec": spec_schema, "status": status_schema})
 
 
 def build_policy_crd() -> dict[str, Any]:
@@ -150,34 +122,36 @@ def build_policy_crd() -> dict[str, Any]:
         {"name": "Quota", "type": "integer", "jsonPath": ".spec.maxUnfinishedTasks"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
+    # spec is required: the admission policy's CEL reads params.spec.*
+    return _crd(POLICY_KIND, POLICY_PLURAL, "Cluster", "xpol", columns,
+                "An administrator's floors and caps for the ExecutionTasks of the namespaces it selects.",
+                {"spec": spec_schema})
+
+
+def _crd(kind: str, plural: str, scope: str, short_name: str, columns: list[dict[str, Any]], description: str,
+         schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One served and stored version of ours; a status subresource when there is a status schema."""
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if "status" in schemas:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                       **schemas},
+    }}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{POLICY_PLURAL}.{GROUP}",
-                     "labels": {"app.kubernetes.io/name": "expbuild-isolation"}},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/name": "expbuild-isolation"}},
         "spec": {
             "group": GROUP,
-            "scope": "Cluster",
-            "names": {"kind": POLICY_KIND, "listKind": f"{POLICY_KIND}List", "plural": POLICY_PLURAL,
-                      "singular": POLICY_KIND.lower(), "shortNames": ["xpol"], "categories": ["expbuild"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "An administrator's floors and caps for the ExecutionTasks of the namespaces "
-                                   "it selects.",
-                    "required": ["spec"],  # (the admission policy's CEL reads params.spec.*)
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema,
-                    },
-                }},
-            }],
+            "scope": scope,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+                      "shortNames": [short_name], "categories": ["expbuild"]},
+            "versions": [version],
         },
     }
 
