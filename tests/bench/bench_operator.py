@@ -4,7 +4,8 @@ Phases, each with the CPU seconds spent by the emulator (this process: the
 emulator plus the few POSTs that create the tasks) and by the operator (the
 child process) during the phase, from ``/proc/<pid>/stat`` utime+stime:
 
-* ``single``: one task at a time (n=20), creation -> Job POST seen by the emulator;
+* ``single``: one task at a time (n=20), creation (the create call returned) -> Job POST seen by the
+  emulator; ``create_call_to_job_seconds`` starts the clock when the call is made instead;
 * ``burst_20``, ``burst_50``, ``burst_200``: that many tasks created at once;
 * ``scale``: more tasks up to 1,000 in all, capped by a timeout; reports how
   many Jobs were reached and the operator's RSS (``VmRSS`` of the child only).
@@ -86,7 +87,8 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
     began = time.monotonic()
     declare_resources(server, namespaces=(NS,))
     job_seen: dict[str, float] = {}
-    created: dict[str, float] = {}
+    called: dict[str, float] = {}    # create call made
+    created: dict[str, float] = {}   # create call returned
     counter = itertools.count()
 
     def record(request: Any) -> Any:
@@ -104,9 +106,10 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
     async def create() -> str:
         i = next(counter)
         name = f"xt-t{i:05d}"
-        created[name] = time.monotonic()
+        called[name] = time.monotonic()
         async with server.post(TASKS, json=body(i)) as response:
             assert response.status < 400, await response.text()
+        created[name] = time.monotonic()   # the clock starts when the create call returns
         return name
 
     def left() -> float:
@@ -126,10 +129,14 @@ async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (2
             wall = time.monotonic() - t0
             cpu1 = (cpu_seconds(me), cpu_seconds(child.pid))
             reached = [job_seen[n] - created[n] for n in names if n in job_seen]
+            # The same from the moment the create call was made: in a burst this includes the emulator's own
+            # queue of creates (it runs in this process), which a real API server's clients also wait through.
+            from_call = [job_seen[n] - called[n] for n in names if n in job_seen]
             await asyncio.sleep(1)  # let the tail of the phase (status patches, Events) settle before counting
             cpu2 = cpu_seconds(child.pid)
             phases[label] = {"tasks": len(names), "jobs": len(reached), "complete": done,
-                             "creation_to_job_seconds": summary(reached), "wall_seconds": round(wall, 2),
+                             "creation_to_job_seconds": summary(reached),
+                             "create_call_to_job_seconds": summary(from_call), "wall_seconds": round(wall, 2),
                              "cpu_seconds": {"emulator": round(cpu1[0] - cpu0[0], 2),
                                              "operator": round(cpu1[1] - cpu0[1], 2)},
                              "operator_cpu_ms_per_task": round(1000 * (cpu2 - cpu0[1]) / max(1, len(names)), 2),
