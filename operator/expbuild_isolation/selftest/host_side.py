@@ -43,11 +43,14 @@ def shells_named(name: str) -> list[int]:
     return found
 
 
-def kill_leftovers(marker: str) -> None:
-    """SIGKILL what an attack that got through left running on the host (its judge has already seen it)."""
-    for pid in processes_with(marker):
+def kill_leftovers(marker: str) -> list[int]:
+    """The host pids an attack left running (``marker`` in their command line), SIGKILLed once found: the
+    judge gets the evidence and the host is clean whatever it decides."""
+    found = processes_with(marker)
+    for pid in found:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    return found
 
 
 class TcpServer:

@@ -10,7 +10,7 @@ from ..api.task import IsolationLevel
 from ..executors.base import ExecutorCapabilities, TerminationReason
 from .attack import (BB, Attack, AttackSucceeded, ControlFailed, Runs, below, hostile, new_marker, scratch_workspace,
                      settle, short)
-from .host_side import host_is_responsive, kill_leftovers, processes_with, shells_named
+from .host_side import host_is_responsive, kill_leftovers, shells_named
 
 FORK_BOMB_PIDS = 64
 
@@ -50,8 +50,7 @@ async def fork_bomb(executor: Runs) -> None:
             result = await task
         finally:
             await settle(task)
-            leftovers = processes_with(marker)
-            kill_leftovers(marker)
+            leftovers = kill_leftovers(marker)
     if not responsive:
         raise AttackSucceeded("the host took more than 3 s to start /bin/true while the bomb ran")
     if leftovers:
@@ -81,8 +80,7 @@ async def daemon(executor: Runs) -> None:
             result = await task
         finally:
             await settle(task)
-            leftovers = processes_with(marker)
-            kill_leftovers(marker)
+            leftovers = kill_leftovers(marker)
     if not seen:
         raise ControlFailed(f"the host never saw the task's daemon running: {short(result.stderr)}")
     if leftovers:
