@@ -18,6 +18,6 @@ async def share_state(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     info = kopf.login_via_client(**kwargs)
-    return remember_login(STATE, info) if info else None
+    return await remember_login(STATE, info) if info else None

@@ -4,9 +4,9 @@ The calls are not listed by hand: the real operator (kopf + ``cluster``) and
 the real node agent run representative tasks against KMock (as in
 tests/controller and tests/agent), and every request they send is mapped to
 the authorizer's question (``rbac.permission_of``). Who sent a request is told
-by its User-Agent: ``kopf/`` and the ``kubernetes`` client's
-``OpenAPI-Generator/`` are the operator, aiohttp's default ``Python/`` is the
-agent's ``AgentApi``, ``kmock/`` is this test playing user and kubelet.
+by its User-Agent: ``kopf/`` and ``expbuild-isolation-operator/`` are the
+operator, ``expbuild-isolation-agent/`` is the agent's ``AgentApi``, ``kmock/``
+is this test playing user and kubelet.
 The chart is rendered by the real ``helm template`` and evaluated with
 Kubernetes' RBAC semantics (``rbac.Authorizer``).
 """
@@ -81,9 +81,9 @@ class Recording:
 
 
 def sender_of(user_agent: str) -> str | None:
-    if user_agent.startswith(("kopf/", "OpenAPI-Generator/")):
+    if user_agent.startswith(("kopf/", "expbuild-isolation-operator/")):
         return "operator"
-    if user_agent.startswith("Python/") and "aiohttp/" in user_agent:
+    if user_agent.startswith("expbuild-isolation-agent/"):
         return "agent"
     if user_agent.startswith("kmock/"):
         return None  # this test, as user or kubelet

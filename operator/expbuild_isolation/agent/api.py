@@ -3,14 +3,13 @@
 The agent is not a kopf operator (two kopf operators on one resource would
 fight over its progress annotations); it borrows kopf's login only, so
 in-cluster it authenticates with its service account and outside with the
-kubeconfig, exactly like the operator.
+kubeconfig, exactly like the operator, over the same transport (``apiserver``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -19,18 +18,11 @@ import aiohttp
 
 from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION, object_name_problem
-from ..credentials import pem_file
-
-_PREFIX = "expbuild-agent-"
+from .. import __version__
+from ..apiserver import ApiError, ApiServer, error_message, refusal_message
 
 TASKS = f"/apis/{GROUP}/{VERSION}"
 LEASES = "/apis/coordination.k8s.io/v1"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
 
 
 def has_labels(item: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -80,52 +72,9 @@ def events_path(namespace: str) -> str:
     return f"/api/v1/namespaces/{segment(namespace)}/events"
 
 
-class AgentApi:
-    def __init__(self, server: str, *, headers: dict[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | bool | None = None) -> None:
-        self.server = server.rstrip("/")
-        self._headers = headers or {}
-        self._ssl = ssl_context
-        self._session: aiohttp.ClientSession | None = None
-
-    @classmethod
-    def from_connection(cls, info: Any) -> AgentApi:
-        """From a ``kopf.ConnectionInfo`` (``kopf.login_via_client`` in production)."""
-        headers: dict[str, str] = {}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username:
-            headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password or "").encode()
-        context: ssl.SSLContext | bool | None = None
-        if info.insecure:
-            context = False
-        elif info.ca_path or info.ca_data or info.certificate_path or info.certificate_data:
-            ca = info.ca_path or (pem_file(info.ca_data, prefix=_PREFIX) if info.ca_data else None)
-            context = ssl.create_default_context(cafile=ca)
-            if info.certificate_path or info.certificate_data:
-                context.load_cert_chain(info.certificate_path or pem_file(info.certificate_data, prefix=_PREFIX),
-                                        info.private_key_path or pem_file(info.private_key_data, prefix=_PREFIX))
-        return cls(info.server, headers=headers, ssl_context=context)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        return self._session
-
-    async def call(self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
-                   content_type: str = "application/json") -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type, **self._headers}
-        async with self._client().request(method, self.server + path, json=body, params=query, headers=headers,
-                                          ssl=self._ssl) as response:
-            data = await response.json(content_type=None) if response.content_length != 0 else None
-            if response.status >= 400:
-                raise ApiError(response.status, _message(data))
-            return data or {}
+class AgentApi(ApiServer):
+    pem_prefix = "expbuild-agent-"
+    user_agent = f"expbuild-isolation-agent/{__version__}"
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
@@ -163,17 +112,12 @@ class AgentApi:
             async with self._client().get(self.server + path, params=query, headers=headers, ssl=self._ssl,
                                           timeout=timeout) as response:
                 if response.status >= 400:
-                    text = await response.text()
-                    try:
-                        data: Any = json.loads(text)
-                    except ValueError:
-                        data = text
-                    raise ApiError(response.status, _message(data))
+                    raise ApiError(response.status, refusal_message(await response.read()))
                 streaming = True
                 async for event in _events(response.content):
                     if event.get("type") == "ERROR":
                         status = event.get("object") or {}
-                        raise ApiError(int(status.get("code") or 500), _message(status))
+                        raise ApiError(int(status.get("code") or 500), error_message(status))
                     if has_labels(event.get("object") or {}, labels):
                         yield event
         except asyncio.TimeoutError:
@@ -189,10 +133,6 @@ class AgentApi:
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.call("PATCH", path, body=body, content_type="application/merge-patch+json")
-
-
-def _message(data: Any) -> str:
-    return data.get("message", "") if isinstance(data, dict) else str(data)[:500]
 
 
 async def _events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:

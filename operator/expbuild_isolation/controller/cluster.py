@@ -1,24 +1,23 @@
-"""Every call the operator makes to the API server, on the ``kubernetes`` client in worker threads.
+"""Every call the operator makes to the API server, over aiohttp on the event loop (``apiserver``).
 
 The connection comes from kopf's login (``Cluster.from_connection``), so the
 operator and its own calls always share one set of credentials: kubeconfig
 outside a cluster, the service account inside, a test server in tests.
+
+Not the ``kubernetes`` client in worker threads, as it once was: under a burst of 200 tasks its
+threads, model serialization and urllib3 were a quarter of the operator's CPU (issue #16).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
-import kubernetes.client
-
 from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION
-from ..credentials import pem_file
+from .. import __version__
+from ..apiserver import ApiError, ApiServer
 from ..kube.names import TASK_LABEL, task_label
 
 _COLLECTIONS = {
@@ -37,12 +36,6 @@ _COLLECTIONS = {
 }
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "") -> None:
-        super().__init__(f"{status}: {message}")
-        self.status, self.message, self.kind = status, message, kind
-
-
 def refused_for_good(exc: ApiError) -> bool:
     """A 4xx that asking again will not change (invalid, forbidden by admission or RBAC), unlike 408/409/429."""
     return 400 <= exc.status < 500 and exc.status not in (408, 409, 429)
@@ -57,57 +50,10 @@ def is_controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
     return bool(owner_uid) and any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners)
 
 
-class Cluster:
-    def __init__(self, configuration: kubernetes.client.Configuration) -> None:
-        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 64)
-        self._api = kubernetes.client.ApiClient(configuration)
-        # Its own pool: asyncio's default one has cpu+4 threads, which caps a burst of tasks at a crawl.
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="expbuild-api")
+class Cluster(ApiServer):
+    """The operator's calls, each one HTTP request on the event loop (``apiserver``)."""
 
-    @classmethod
-    def from_connection(cls, info: Any) -> Cluster:
-        """From a ``kopf.ConnectionInfo`` as a login handler returns it."""
-        config = kubernetes.client.Configuration()
-        config.host = info.server.rstrip("/")
-        config.verify_ssl = not info.insecure
-        if info.ca_path or info.ca_data:
-            config.ssl_ca_cert = info.ca_path or pem_file(info.ca_data)
-        if info.certificate_path or info.certificate_data:
-            config.cert_file = info.certificate_path or pem_file(info.certificate_data)
-        if info.private_key_path or info.private_key_data:
-            config.key_file = info.private_key_path or pem_file(info.private_key_data)
-        if info.token:
-            config.api_key = {"BearerToken": info.token}
-            config.api_key_prefix = {"BearerToken": info.scheme or "Bearer"}
-        elif info.username:
-            config.username, config.password = info.username, info.password or ""
-        return cls(config)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-        self._api.close()
-
-    def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None, body: Any = None,
-              content_type: str = "application/json", raw: bool = False) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        method, url, headers, _, _ = self._api.param_serialize(
-            method, path, query_params=query or [], header_params=headers,
-            auth_settings=["BearerToken", "BasicAuth"])
-        response = self._api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
-        data = response.read()
-        if response.status >= 400:
-            try:
-                message = json.loads(data).get("message", "")
-            except ValueError:
-                message = data.decode(errors="replace")[:500]
-            raise ApiError(response.status, message)
-        if raw:
-            return data
-        return json.loads(data) if data else {}
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: self._call(method, path, **kwargs))
+    user_agent = f"expbuild-isolation-operator/{__version__}"
 
     @staticmethod
     def collection(api_version: str, kind: str, namespace: str) -> str:

@@ -38,7 +38,7 @@ def build(config: OperatorConfig, login: Any, *, peering: str | None = None
     async def login_and_remember(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info = login(**kwargs)
         info = await info if asyncio.iscoroutine(info) else info
-        return remember_login(state, info) if info is not None else None
+        return await remember_login(state, info) if info is not None else None
 
     async def ensure_peering(logger: Any, **kwargs: Any) -> None:
         if state.cluster is None:  # startup handlers run before kopf's first API call logs in

@@ -52,11 +52,11 @@ class OperatorState:
         return self.cluster
 
 
-def remember_login(state: OperatorState, info: kopf.ConnectionInfo) -> kopf.ConnectionInfo:
-    """Give ``cluster`` the credentials kopf just logged in with."""
+async def remember_login(state: OperatorState, info: kopf.ConnectionInfo) -> kopf.ConnectionInfo:
+    """Give ``cluster`` the credentials kopf just logged in with (calls already under way finish on the old)."""
     old, state.cluster = state.cluster, Cluster.from_connection(info)
     if old is not None:
-        old.close()
+        await old.close()
     return info
 
 
