@@ -1,14 +1,22 @@
-"""Operator throughput against KMock's emulator; prints JSON within about three minutes.
+"""Operator throughput against KMock's emulator, beside a peer that does nothing but answer; prints JSON.
 
 Phases, each with the CPU seconds spent by the emulator (this process: the
-emulator plus the few POSTs that create the tasks) and by the operator (the
-child process) during the phase, from ``/proc/<pid>/stat`` utime+stime:
+emulator plus the POSTs that create the tasks) and by the child process
+answering (the operator, or the peer) during the phase, from
+``/proc/<pid>/stat`` utime+stime:
 
 * ``single``: one task at a time (n=20), creation (the create call returned) -> Job POST seen by the
   emulator; ``create_call_to_job_seconds`` starts the clock when the call is made instead;
 * ``burst_20``, ``burst_50``, ``burst_200``: that many tasks created at once;
 * ``scale``: more tasks up to 1,000 in all, capped by a timeout; reports how
   many Jobs were reached and the operator's RSS (``VmRSS`` of the child only).
+
+The peer, in the same run on a fresh emulator of its own: ``floor_burst_20/50/200`` are the same bursts
+answered by a *reflex* instead of the operator: a child process that opens the operator's watches and, for
+each task ADDED, POSTs the Job the operator would render and patches the status the operator would write
+(the same two writes per task, the same bodies) and decides nothing. The reflex measures the harness: the
+emulator (Python, single-threaded, in this process and also serving the creates) and the watch path. The
+operator's own share of a burst is its latency above the floor (``operator_above_floor_p50_seconds``).
 
 The operator runs in a child process (so RSS and CPU are its own), talking HTTP
 to the emulator in this process. Run: ``python tests/bench/bench_operator.py``
@@ -25,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,7 @@ NS = "bench"
 TASKS = f"/apis/expbuild.io/v1alpha1/namespaces/{NS}/executiontasks"
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 TICKS = os.sysconf("SC_CLK_TCK")
+BURSTS = (20, 50, 200)
 
 
 def operator_child(url: str) -> None:
@@ -57,6 +67,53 @@ def operator_child(url: str) -> None:
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False  # KMock stores no generateName objects; Events would only fail
     asyncio.run(kopf.operator(registry=registry, memo=memo, settings=settings, clusterwide=True, standalone=True))
+
+
+def reflex_child(url: str) -> None:
+    """Entry of the peer's child process: the operator's API traffic for each task, with no decisions.
+
+    It opens the watches the operator opens and, for each task ADDED, POSTs the Job the operator renders for
+    the bench's task (rendered once at start, only the names changed) and the status patch the operator
+    writes: the same requests and bodies, so the emulator does the same work for it as for the operator.
+    """
+    import aiohttp
+
+    from expbuild_isolation.api.task import ExecutionTask
+    from expbuild_isolation.kube.config import OperatorConfig
+    from expbuild_isolation.kube.render import objects_for
+
+    config = OperatorConfig(metrics_port=0, resync_seconds=3600, allowed_images=["*"])
+    template = json.dumps(objects_for(ExecutionTask.model_validate(body(0)), config)[-1])
+    status = {"phase": "Scheduled", "reason": "JobCreated", "message": "", "executor": "job",
+              "isolationLevel": "Container", "observedGeneration": 1}
+    watches = ["/apis/expbuild.io/v1alpha1/executiontasks", "/apis/batch/v1/jobs", "/api/v1/pods",
+               "/apis/networking.k8s.io/v1/networkpolicies", "/apis/expbuild.io/v1alpha1/executionpolicies",
+               "/api/v1/namespaces"]
+
+    async def answer(session: aiohttp.ClientSession, task: dict[str, Any]) -> None:
+        name = task["metadata"]["name"]
+        job = json.loads(template.replace("t00000", name).replace("uid-0", task["metadata"].get("uid", "")))
+        async with session.post(f"{url}{JOBS}", json=job) as response:
+            await response.read()
+        async with session.patch(f"{url}{TASKS}/{name}/status", json={"status": status},
+                                 headers={"Content-Type": "application/merge-patch+json"}) as response:
+            await response.read()
+
+    async def watch(session: aiohttp.ClientSession, path: str, pending: set[asyncio.Task[None]]) -> None:
+        async with session.get(f"{url}{path}", params={"watch": "true"}) as response:
+            async for line in response.content:
+                event = json.loads(line) if line.strip() else {}
+                if path.endswith("executiontasks") and event.get("type") == "ADDED":
+                    job = asyncio.create_task(answer(session, event["object"]))
+                    pending.add(job)
+                    job.add_done_callback(pending.discard)
+
+    async def main() -> None:
+        pending: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            await asyncio.gather(*(watch(session, path, pending) for path in watches))
+
+    asyncio.run(main())
 
 
 def rss_bytes(pid: int) -> int:
@@ -80,105 +137,147 @@ def body(i: int) -> dict[str, Any]:
             "spec": {"image": "localhost/busybox:latest", "command": ["echo", str(i)]}}
 
 
-async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = (20, 50, 200), total: int = 1000,
-                  budget: float = 170.0) -> dict[str, Any]:
-    from tests.controller.conftest import declare_resources
+class Harness:
+    """One emulator, one child process answering it, and the clocks and tallies of its phases."""
 
-    began = time.monotonic()
-    declare_resources(server, namespaces=(NS,))
-    job_seen: dict[str, float] = {}
-    called: dict[str, float] = {}    # create call made
-    created: dict[str, float] = {}   # create call returned
-    counter = itertools.count()
+    def __init__(self, server: Any, role: str, budget: float) -> None:
+        from tests.controller.conftest import declare_resources
 
-    def record(request: Any) -> Any:
-        job_seen.setdefault(request.data["metadata"]["name"], time.monotonic())
+        self.server, self.role, self.began, self.budget = server, role, time.monotonic(), budget
+        declare_resources(server, namespaces=(NS,))
+        self.job_seen: dict[str, float] = {}
+        self.called: dict[str, float] = {}    # create call made
+        self.created: dict[str, float] = {}   # create call returned
+        self.counter = itertools.count()
+        self.phases: dict[str, Any] = {}
+        server["post", JOBS] << self.record
+        forget_served_requests(server)
+        self.tally = count_requests(server)
+        self.child = subprocess.Popen([sys.executable, __file__, f"--{role}", str(server.url).rstrip("/")],
+                                      env=os.environ | {"PYTHONPATH": str(ROOT / "operator")},
+                                      stderr=subprocess.DEVNULL)  # its shutdown noise would bury the JSON
+
+    def record(self, request: Any) -> Any:
+        self.job_seen.setdefault(request.data["metadata"]["name"], time.monotonic())
         return request.data
 
-    server["post", JOBS] << record
-    forget_served_requests(server)
-    tally = count_requests(server)
-    child = subprocess.Popen([sys.executable, __file__, "--operator", str(server.url).rstrip("/")],
-                             env=os.environ | {"PYTHONPATH": str(ROOT / "operator")},
-                             stderr=subprocess.DEVNULL)  # its shutdown noise would bury the JSON
-    me = os.getpid()
+    def close(self) -> None:
+        self.child.kill()
+        self.child.wait(30)
 
-    async def create() -> str:
-        i = next(counter)
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.began)
+
+    async def started(self) -> None:
+        """Until the child watches tasks (plus a moment for the other watches an operator opens)."""
+        await _wait(lambda: self.tally["WATCH executiontasks"] > 0, 30)
+        await asyncio.sleep(2 if self.role == "operator" else 0.5)
+
+    async def create(self) -> str:
+        i = next(self.counter)
         name = f"xt-t{i:05d}"
-        called[name] = time.monotonic()
-        async with server.post(TASKS, json=body(i)) as response:
+        self.called[name] = time.monotonic()
+        async with self.server.post(TASKS, json=body(i)) as response:
             assert response.status < 400, await response.text()
-        created[name] = time.monotonic()   # the issue's clock starts when the create call returns
+        self.created[name] = time.monotonic()   # the issue's clock starts when the create call returns
         return name
 
-    def left() -> float:
-        return budget - (time.monotonic() - began)
+    async def burst(self, size: int) -> list[str]:
+        return list(await asyncio.gather(*(self.create() for _ in range(size))))
 
-    phases: dict[str, Any] = {}
+    async def phase(self, label: str, run: Callable[[], Awaitable[list[str]]], timeout: float) -> None:
+        me, pid = os.getpid(), self.child.pid
+        cpu0 = (cpu_seconds(me), cpu_seconds(pid))
+        counted = Counter(self.tally)
+        t0 = time.monotonic()
+        names = await run()
+        done = await _wait(lambda: all(n in self.job_seen for n in names), max(1.0, min(timeout, self.left())))
+        wall = time.monotonic() - t0
+        cpu1 = (cpu_seconds(me), cpu_seconds(pid))
+        reached = [self.job_seen[n] - self.created[n] for n in names if n in self.job_seen]
+        # The same from the moment the create call was made: in a burst this includes the emulator's own
+        # queue of creates (it runs in this process), which a real API server's clients also wait through.
+        from_call = [self.job_seen[n] - self.called[n] for n in names if n in self.job_seen]
+        await asyncio.sleep(1)  # let the tail of the phase (status patches, Events) settle before counting
+        cpu2 = cpu_seconds(pid)
+        self.phases[label] = {
+            "tasks": len(names), "jobs": len(reached), "complete": done,
+            "creation_to_job_seconds": summary(reached), "create_call_to_job_seconds": summary(from_call),
+            "wall_seconds": round(wall, 2),
+            "cpu_seconds": {"emulator": round(cpu1[0] - cpu0[0], 2), self.role: round(cpu1[1] - cpu0[1], 2)},
+            f"{self.role}_cpu_ms_per_task": round(1000 * (cpu2 - cpu0[1]) / max(1, len(names)), 2),
+            "requests_per_task": per_task(counted, self.tally, len(names))}
+        print(json.dumps({label: self.phases[label]}), file=sys.stderr)
+
+
+async def measure_floor(server: Any, *, bursts: tuple[int, ...] = BURSTS) -> dict[str, Any]:
+    """The peer: the same bursts answered by the reflex."""
+    harness = Harness(server, "reflex", budget=60)
     try:
-        await asyncio.sleep(3)  # let kopf log in and start its watches
-        idle_rss = rss_bytes(child.pid)
+        await harness.started()
+        for size in bursts:
+            await harness.phase(f"floor_burst_{size}", lambda size=size: harness.burst(size), 30)
+        return harness.phases
+    finally:
+        harness.close()
 
-        async def phase(label: str, run: Any, timeout: float) -> None:
-            cpu0 = (cpu_seconds(me), cpu_seconds(child.pid))
-            counted = Counter(tally)
-            t0 = time.monotonic()
-            names = await run()
-            done = await _wait(lambda: all(n in job_seen for n in names), max(1.0, min(timeout, left())))
-            wall = time.monotonic() - t0
-            cpu1 = (cpu_seconds(me), cpu_seconds(child.pid))
-            reached = [job_seen[n] - created[n] for n in names if n in job_seen]
-            # The same from the moment the create call was made: in a burst this includes the emulator's own
-            # queue of creates (it runs in this process), which a real API server's clients also wait through.
-            from_call = [job_seen[n] - called[n] for n in names if n in job_seen]
-            await asyncio.sleep(1)  # let the tail of the phase (status patches, Events) settle before counting
-            cpu2 = cpu_seconds(child.pid)
-            phases[label] = {"tasks": len(names), "jobs": len(reached), "complete": done,
-                             "creation_to_job_seconds": summary(reached),
-                             "create_call_to_job_seconds": summary(from_call), "wall_seconds": round(wall, 2),
-                             "cpu_seconds": {"emulator": round(cpu1[0] - cpu0[0], 2),
-                                             "operator": round(cpu1[1] - cpu0[1], 2)},
-                             "operator_cpu_ms_per_task": round(1000 * (cpu2 - cpu0[1]) / max(1, len(names)), 2),
-                             "requests_per_task": per_task(counted, tally, len(names))}
-            print(json.dumps({label: phases[label]}), file=sys.stderr)
+
+async def measure(server: Any, *, single: int = 20, bursts: tuple[int, ...] = BURSTS, total: int = 1000,
+                  budget: float = 170.0) -> dict[str, Any]:
+    """The operator's phases."""
+    harness = Harness(server, "operator", budget)
+    try:
+        await harness.started()
+        idle_rss = rss_bytes(harness.child.pid)
 
         async def one_by_one() -> list[str]:
             names = []
             for _ in range(single):
-                name = await create()
-                await _wait(lambda: name in job_seen, min(10.0, max(1.0, left())))
+                name = await harness.create()
+                await _wait(lambda: name in harness.job_seen, min(10.0, max(1.0, harness.left())))
                 names.append(name)
             return names
 
-        await phase("single", one_by_one, 60)
+        await harness.phase("single", one_by_one, 60)
         for size in bursts:
-            await phase(f"burst_{size}", lambda size=size: asyncio.gather(*(create() for _ in range(size))), 60)
+            await harness.phase(f"burst_{size}", lambda size=size: harness.burst(size), 60)
 
         async def scale() -> list[str]:
             names: list[str] = []
-            while len(created) < total and left() > 5:  # the emulator chokes on 800 simultaneous POSTs
-                batch = min(100, total - len(created))
-                names += await asyncio.gather(*(create() for _ in range(batch)))
+            while len(harness.created) < total and harness.left() > 5:  # the emulator chokes on 800 POSTs at once
+                names += await harness.burst(min(100, total - len(harness.created)))
             return names
 
-        await phase("scale", scale, left())
-        end_rss = rss_bytes(child.pid)
+        await harness.phase("scale", scale, harness.left())
+        end_rss = rss_bytes(harness.child.pid)
         await asyncio.sleep(6)  # kopf ends an object's worker after settings.batching.idle_timeout (5 s)
         return {
             "benchmark": "operator_kmock",
-            "phases": phases,
-            "tasks_created": len(created),
-            "jobs_created": len(job_seen),
+            "phases": harness.phases,
+            "tasks_created": len(harness.created),
+            "jobs_created": len(harness.job_seen),
             "operator_rss_bytes": end_rss,
             "operator_rss_mib": round(end_rss / 2**20, 1),
-            "operator_rss_settled_mib": round(rss_bytes(child.pid) / 2**20, 1),
+            "operator_rss_settled_mib": round(rss_bytes(harness.child.pid) / 2**20, 1),
             "operator_rss_idle_mib": round(idle_rss / 2**20, 1),
-            "total_seconds": round(time.monotonic() - began, 1),
+            "total_seconds": round(time.monotonic() - harness.began, 1),
         }
     finally:
-        child.kill()
-        child.wait(30)
+        harness.close()
+
+
+async def measure_both() -> dict[str, Any]:
+    """The peer's floor first, then the operator, each on a fresh emulator; and the operator above the floor."""
+    floor = await on_emulator(measure_floor)
+    result = await on_emulator(measure)
+    result["phases"] = floor | result["phases"]
+    result["operator_above_floor_p50_seconds"] = {
+        f"burst_{size}": round(result["phases"][f"burst_{size}"]["creation_to_job_seconds"]["p50"]
+                               - floor[f"floor_burst_{size}"]["creation_to_job_seconds"]["p50"], 4)
+        for size in BURSTS
+        if result["phases"].get(f"burst_{size}", {}).get("creation_to_job_seconds")
+        and floor.get(f"floor_burst_{size}", {}).get("creation_to_job_seconds")}
+    return result
 
 
 def count_requests(server: Any) -> Counter[str]:
@@ -235,12 +334,14 @@ async def _wait(condition: Any, timeout: float) -> bool:
 
 
 @pytest.mark.bench
-async def test_operator_throughput(kmock: Any) -> None:
-    print(json.dumps(await measure(kmock)))
+async def test_operator_throughput() -> None:
+    print(json.dumps(await measure_both()))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--operator"]:
         operator_child(sys.argv[2])
+    elif sys.argv[1:2] == ["--reflex"]:
+        reflex_child(sys.argv[2])
     else:
-        print(json.dumps(asyncio.run(on_emulator(measure)), indent=2))
+        print(json.dumps(asyncio.run(measure_both()), indent=2))

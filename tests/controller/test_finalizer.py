@@ -75,3 +75,27 @@ async def test_deleting_an_unfinished_agent_task_cancels_it_first(api, operator)
 
 async def _gone(api, name):
     return await api.get(f"{TASKS}/{name}") is None
+
+
+async def test_another_controllers_finalizer_is_kept_when_ours_comes_and_goes(api, operator):
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
+    body = task_body("shared", isolation={"executor": "namespace"})
+    body["metadata"]["finalizers"] = ["example.com/theirs"]
+    await api.create(TASKS, body)
+    await eventually(lambda: _has(api, "shared"), what="our finalizer beside theirs")
+    assert await _finalizers(api, "shared") == ["example.com/theirs", FINALIZER]
+    await api.patch(f"{TASKS}/shared/status", {"status": {"phase": "Succeeded", "reason": "Completed"}})
+    await eventually(lambda: _lacks(api, "shared"), what="ours removed once finished")
+    assert await _finalizers(api, "shared") == ["example.com/theirs"]
+
+
+async def test_a_pending_task_being_deleted_is_never_started(api, operator):
+    body = task_body("doomed")
+    body["metadata"]["deletionTimestamp"] = "2025-03-01T12:00:00Z"
+    body["metadata"]["finalizers"] = ["example.com/theirs"]  # (what keeps a deleted object visible)
+    await api.create(TASKS, body)
+    await api.create(TASKS, task_body("control"))
+    await eventually(lambda: _phase(api, "control", "Scheduled"), what="the control task Scheduled")
+    await asyncio.sleep(0.3)
+    assert not ((await api.get(f"{TASKS}/doomed")).get("status") or {}).get("phase")
+    assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-doomed") is None

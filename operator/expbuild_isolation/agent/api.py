@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .. import __version__
 from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION, object_name_problem
-from .. import __version__
 from ..apiserver import ApiError, ApiServer, error_message, refusal_message
 
 TASKS = f"/apis/{GROUP}/{VERSION}"

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from .. import __version__
 from ..api.policy import POLICY_PLURAL
 from ..api.task import GROUP, PLURAL, VERSION
-from .. import __version__
 from ..apiserver import ApiError, ApiServer
 from ..kube.names import TASK_LABEL, task_label
 
@@ -124,6 +124,31 @@ class Cluster(ApiServer):
         """A merge patch of the task itself (metadata: the node label of a placed task)."""
         path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}"
         await self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    async def set_finalizer(self, body: dict[str, Any], finalizer: str, *, present: bool) -> bool:
+        """Add or remove ``finalizer`` on the task ``body``, in one JSON patch that first tests the
+        resourceVersion the new list was computed from (kopf's own way): nobody else's finalizer is lost.
+
+        False when the test failed or the task is gone: someone wrote it meanwhile, and that write's event
+        brings the task back to the caller.
+        """
+        meta = body.get("metadata") or {}
+        current = list(meta.get("finalizers") or [])
+        wanted = [name for name in current if name != finalizer] + ([finalizer] if present else [])
+        if wanted == current:
+            return True
+        path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', meta['namespace'])}/{quote(meta['name'])}"
+        ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+               ] if meta.get("resourceVersion") else []  # (an API server always sets it; an emulator may not)
+        ops.append({"op": "add", "path": "/metadata/finalizers", "value": wanted} if wanted
+                   else {"op": "remove", "path": "/metadata/finalizers"})
+        try:
+            await self.call("PATCH", path, body=ops, content_type="application/json-patch+json")
+        except ApiError as exc:
+            if exc.status not in (404, 409, 422):
+                raise
+            return False
+        return True
 
     async def list_labelled(self, api_version: str, kind: str, namespace: str, label: str) -> list[dict[str, Any]]:
         """Objects carrying ``label`` (filtered here too: not every server honours labelSelector)."""

@@ -6,11 +6,11 @@ From then on every event of its Job or Pod (and a slow operator-wide resync)
 recomputes the status from what the API server says, so a restarted operator
 rebuilds the truth instead of remembering it. ``spec.cancel`` removes the Job
 and ends in Cancelled. Tasks are handled from kopf's event stream, not its
-create/field handlers, so kopf stores nothing on them: the status is the only
-state, and every step is idempotent. Only a task unfinished on a node agent
-carries the finalizer (``needs_cleanup``): garbage collection removes a Job
-task's objects, and nothing blocks deleting a namespace or the CRD once tasks
-are done. Status is patched only through ``cluster`` (never kopf's ``patch``)
+create/field/delete handlers, so kopf stores nothing on them and diffs nothing:
+the status is the only state, and every step is idempotent. Only a task
+unfinished on a node agent carries the finalizer (``keep_finalizer``, from the
+same event stream): garbage collection removes a Job task's objects, and
+nothing blocks deleting a namespace or the CRD once tasks are done. Status is patched only through ``cluster`` (never kopf's ``patch``)
 so that all writers are serialized by one per-task lock.
 
 Before anything is created, the task is judged against the ExecutionPolicies of its namespace
@@ -55,8 +55,7 @@ from .follow import FOLLOWED, follow
 from .lifecycle import (
     RETRY_SECONDS,
     cancel,
-    delete,
-    needs_cleanup,
+    keep_finalizer,
     retry_later,
     start,
     start_next,
@@ -64,13 +63,15 @@ from .lifecycle import (
 from .periodic import start_loops, stop_loops
 from .report import finished
 from .state import REPORTING_COMPONENT, OperatorState, phase_of, section, task_key
+from .storage import NoDiffBase, NoProgress
 
 
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = "expbuild.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="expbuild.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="expbuild.io", key="last-handled-configuration")
+    # kopf's own finalizer must never be ours: kopf strips its finalizer from objects no kopf handler needs
+    # it for, and our tasks' finalizer is kept by ``keep_finalizer``, not by kopf.
+    settings.persistence.finalizer = "kopf.expbuild.io/unused"
+    settings.persistence.progress_storage = NoProgress()
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's INFO chatter would drown it
     settings.posting.reporting_component = REPORTING_COMPONENT  # `kubectl describe` says who wrote the Event
 
@@ -85,10 +86,12 @@ async def on_task(body: kopf.Body, memo: kopf.Memo, type: str | None, logger: An
     """
     state: OperatorState = memo.state
     track(state, body, type)
-    if type == "DELETED" or phase_of(body).finished:
+    if type == "DELETED":
         return
     meta = section(body, "metadata")
     try:
+        if await keep_finalizer(state, dict(body)) or phase_of(body).finished:
+            return
         if section(body, "spec").get("cancel"):
             await cancel(state, meta.get("namespace", ""), meta.get("name", ""))
         elif phase_of(body) is Phase.PENDING:
@@ -160,7 +163,6 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.startup(registry=registry, id="periodic")(start_loops)
     kopf.on.cleanup(registry=registry, id="periodic")(stop_loops)
     kopf.on.event(*resource, registry=registry, id="task")(on_task)
-    kopf.on.delete(*resource, registry=registry, id="delete", when=needs_cleanup)(delete)
     kopf.on.event("batch", "v1", "jobs", labels=FOLLOWED, registry=registry, id="follow-job")(follow)
     kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
     kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={network.SHARED_POLICY_LABEL: kopf.PRESENT},
