@@ -10,6 +10,7 @@ variables (see ``kube.config``); ``namespaces`` overrides
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -51,6 +52,10 @@ def build(config: OperatorConfig, login: Any, *, peering: str | None = None
         if state.cluster is None:
             await login_and_remember(logger=logger, **kwargs)
         await load_tenancy(state)
+        # Everything alive now (modules, kopf, pydantic's schemas: ~100,000 objects) lives as long as the
+        # process: out of the collector's sight, a full collection during a burst scans only what the tasks
+        # made. Measured on bench_operator's second burst of 20: collector time 95-105 ms -> 14-17 ms.
+        gc.freeze()
 
     kopf.on.login(registry=registry, id="login")(login_and_remember)
     if peering:
