@@ -12,7 +12,10 @@ import asyncio
 from expbuild_isolation.api.task import IsolationLevel
 from tests.agent.test_agent import _true, advertise
 
-from .conftest import TASKS, eventually, task_body
+from expbuild_isolation.controller import lifecycle
+from expbuild_isolation.controller.cluster import ApiError, Cluster
+
+from .conftest import TASKS, eventually, running_operator, task_body
 from .test_operator import _phase, job_pod, kubelet_completes
 
 FINALIZER = "expbuild.io/finalizer"
@@ -53,7 +56,6 @@ async def test_an_agent_task_holds_it_only_until_it_finishes(api, operator, kmoc
 
 
 async def test_a_finished_task_left_with_an_old_finalizer_is_released(api, operator_config, kmock):
-    from .conftest import running_operator
     body = task_body("legacy")
     body["metadata"]["finalizers"] = [FINALIZER]  # written by an earlier version for every task
     body["status"] = {"phase": "Succeeded", "reason": "Completed"}
@@ -99,3 +101,24 @@ async def test_a_pending_task_being_deleted_is_never_started(api, operator):
     await asyncio.sleep(0.3)
     assert not ((await api.get(f"{TASKS}/doomed")).get("status") or {}).get("phase")
     assert await api.get("/apis/batch/v1/namespaces/ci/jobs/xt-doomed") is None
+
+
+async def test_a_deletion_whose_cancel_failed_is_finished_by_the_retry(api, operator_config, kmock, monkeypatch):
+    """No later event comes for a deleted task the operator failed to cancel: its own retry must let it go."""
+    monkeypatch.setattr(lifecycle, "RETRY_SECONDS", 0.2)
+    original, refused = Cluster.patch_task_status, []
+
+    async def busy_once(self, namespace, name, status):
+        if status.get("phase") == "Cancelled" and not refused:
+            refused.append(name)
+            raise ApiError(503, "the API server is busy")
+        return await original(self, namespace, name, status)
+
+    monkeypatch.setattr(Cluster, "patch_task_status", busy_once)
+    await advertise(api, "n1", namespace=IsolationLevel.CONTAINER)
+    async with running_operator(kmock, operator_config):
+        await api.create(TASKS, task_body("stubborn", isolation={"executor": "namespace"}))
+        await eventually(lambda: _has(api, "stubborn"), what="the finalizer on the placed task")
+        await api.delete(f"{TASKS}/stubborn")
+        await eventually(lambda: _gone(api, "stubborn"), what="the task deleted after the retry")
+    assert refused == ["stubborn"]

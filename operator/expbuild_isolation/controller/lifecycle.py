@@ -56,7 +56,7 @@ def retry_later(state: OperatorState, namespace: str, name: str) -> None:
 async def resync(state: OperatorState, namespace: str, name: str) -> None:
     """The periodic check of one unfinished task: start it if it is still Pending, else follow its Job."""
     body = await state.api.get_task(namespace, name)
-    if body is None:
+    if body is None or await keep_finalizer(state, body):
         return
     if phase_of(body) is Phase.PENDING and not section(body, "spec").get("cancel"):
         await start(state, body)
