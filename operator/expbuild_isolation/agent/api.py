@@ -1,7 +1,8 @@
 """The few API calls a node agent makes, over aiohttp with the credentials of a ``kopf.ConnectionInfo``.
 
-The agent is not a kopf operator (two kopf operators on one resource would
-fight over its progress annotations); it borrows kopf's login only, so
+The agent is not a kopf operator (it needs one watch of its node's tasks, and
+a second kopf operator on the tasks would join the operator's peering); it
+borrows kopf's login only, so
 in-cluster it authenticates with its service account and outside with the
 kubeconfig, exactly like the operator, over the same transport (``apiserver``).
 """
