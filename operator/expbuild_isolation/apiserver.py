@@ -1,7 +1,7 @@
 """One asynchronous HTTP connection to the Kubernetes API server, with the credentials of a ``kopf.ConnectionInfo``.
 
 Shared by the operator (``controller.cluster``) and the node agent (``agent.api``), which may not import each
-other. Both borrow kopf's login only: in a cluster the pod's service account, outside it the kubeconfig, in
+other. Both borrow kopf's login: in a cluster the pod's service account, outside it the kubeconfig, in
 tests a test server. Calls run on the event loop over aiohttp (kopf's own HTTP client): no worker threads, no
 model classes, the bodies are plain dicts serialized once.
 """
@@ -13,9 +13,9 @@ import ssl
 from typing import Any
 
 import aiohttp
+import kopf
 
 from . import __version__
-from .credentials import pem_file
 
 Query = dict[str, Any] | list[tuple[str, Any]]
 
@@ -29,35 +29,28 @@ class ApiError(Exception):
 
 
 class ApiServer:
-    pem_prefix = "expbuild-"  # the private files kubeconfig ``*-data`` credentials are written to
     user_agent = f"expbuild-isolation/{__version__}"  # what the API server's audit log names as the client
 
     def __init__(self, server: str, *, headers: dict[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | bool | None = None) -> None:
+                 ssl_context: ssl.SSLContext | bool | None = None, proxy: str | None = None,
+                 trust_env: bool = False) -> None:
         self.server = server.rstrip("/")
         self._headers = headers or {}
         self._ssl = ssl_context
+        self._proxy, self._trust_env = proxy, trust_env
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_connection(cls, info: Any) -> Any:
-        """From a ``kopf.ConnectionInfo`` (``kopf.login_via_client`` in production)."""
-        headers: dict[str, str] = {}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username:
-            headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password or "").encode()
-        context: ssl.SSLContext | bool | None = None
-        if info.insecure:
-            context = False
-        elif info.ca_path or info.ca_data or info.certificate_path or info.certificate_data:
-            ca = info.ca_path or (pem_file(info.ca_data, prefix=cls.pem_prefix) if info.ca_data else None)
-            context = ssl.create_default_context(cafile=ca)
-            if info.certificate_path or info.certificate_data:
-                context.load_cert_chain(
-                    info.certificate_path or pem_file(info.certificate_data, prefix=cls.pem_prefix),
-                    info.private_key_path or pem_file(info.private_key_data, prefix=cls.pem_prefix))
-        return cls(info.server, headers=headers, ssl_context=context)
+    def from_connection(cls, info: kopf.ConnectionInfo) -> Any:
+        """From what a kopf login handler returns (``kopf.login_via_client`` in production).
+
+        The TLS context, the Authorization header and the proxy are made by ``kopf.ConnectionInfo`` itself, as
+        for kopf's own session: the operator's calls and kopf's watches can never disagree about credentials,
+        and a key given as data (a kubeconfig's ``client-key-data``) sits in a file only while the context
+        loads it.
+        """
+        return cls(info.server, headers=info.as_http_headers(), ssl_context=info.as_ssl_context(),
+                   proxy=info.proxy_url, trust_env=info.trust_env)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -68,7 +61,8 @@ class ApiServer:
         """The session, made on first use (it belongs to the running event loop)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                                  headers={"User-Agent": self.user_agent})
+                                                  headers={"User-Agent": self.user_agent},
+                                                  proxy=self._proxy, trust_env=self._trust_env)
         return self._session
 
     async def call(self, method: str, path: str, *, body: Any = None, query: Query | None = None,

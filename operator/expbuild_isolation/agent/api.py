@@ -74,7 +74,6 @@ def events_path(namespace: str) -> str:
 
 
 class AgentApi(ApiServer):
-    pem_prefix = "expbuild-agent-"
     user_agent = f"expbuild-isolation-agent/{__version__}"
 
     async def get(self, path: str) -> dict[str, Any] | None:
