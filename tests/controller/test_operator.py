@@ -168,3 +168,28 @@ async def test_a_pod_the_tasks_job_does_not_control_cannot_speak_for_the_task(ap
     await api.delete(f"{PODS}/xt-forged-abcde")
     await api.create(PODS, await job_pod(api, "forged", {"running": {"startedAt": "2025-03-01T12:00:02Z"}}))
     await eventually(lambda: _phase(api, "forged", "Running"), what="Running from the Job's own pod")
+
+
+async def test_a_401_on_the_job_is_the_operators_credentials_not_the_tasks_fault(api, operator_config, kmock,
+                                                                                  monkeypatch):
+    """A rotated token answers 401 until kopf logs in again: the task waits and starts, it is not Rejected."""
+    from expbuild_isolation.controller import lifecycle
+    from expbuild_isolation.controller.cluster import ApiError, Cluster
+
+    from .conftest import running_operator
+
+    monkeypatch.setattr(lifecycle, "RETRY_SECONDS", 0.2)
+    original, refused = Cluster.create_or_adopt, []
+
+    async def expired_once(self, obj, owner_uid):
+        if obj["kind"] == "Job" and not refused:
+            refused.append(obj["metadata"]["name"])
+            raise ApiError(401, "Unauthorized", kind="Job")
+        return await original(self, obj, owner_uid)
+
+    monkeypatch.setattr(Cluster, "create_or_adopt", expired_once)
+    async with running_operator(kmock, operator_config):
+        await api.create(TASKS, task_body("rotated"))
+        await eventually(lambda: _phase(api, "rotated", "Scheduled"), what="Scheduled after the retry")
+    assert refused == ["xt-rotated"]
+    assert await api.get(f"{JOBS}/xt-rotated") is not None

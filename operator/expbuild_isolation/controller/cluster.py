@@ -37,8 +37,12 @@ _COLLECTIONS = {
 
 
 def refused_for_good(exc: ApiError) -> bool:
-    """A 4xx that asking again will not change (invalid, forbidden by admission or RBAC), unlike 408/409/429."""
-    return 400 <= exc.status < 500 and exc.status not in (408, 409, 429)
+    """A 4xx that asking again will not change (invalid, forbidden by admission or RBAC), unlike 408/409/429.
+
+    Not 401 either: that is the operator's own credentials (a rotated token), never the task's fault; kopf
+    logs in again when its watches meet it, and the task's start is tried again.
+    """
+    return 400 <= exc.status < 500 and exc.status not in (401, 408, 409, 429)
 
 
 class NotOwned(Exception):
