@@ -153,3 +153,62 @@ async def test_a_server_the_ca_did_not_sign_is_refused_unless_insecure(apiserver
     insecure = kopf.ConnectionInfo(server=url, ca_data=_b64(_pem(pki.stranger)), token="t", insecure=True)
     await _version(cls.from_connection(insecure))
     assert seen[-1]["authorization"] == "Bearer t"
+
+
+@pytest.fixture
+async def rotating():
+    """A plain-HTTP server that accepts only the token ``fresh`` (the one before it was rotated away)."""
+    seen: list[str] = []
+
+    async def version(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer fresh":
+            return web.json_response({"kind": "Status", "code": 401, "message": "Unauthorized"}, status=401)
+        return web.json_response({"gitVersion": "v1.36.0"})
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
+async def test_a_401_logs_in_again_once_for_many_requests_and_the_requests_go_through(rotating, cls):
+    import asyncio
+    url, seen = rotating
+    logins: list[str] = []
+
+    async def relogin() -> kopf.ConnectionInfo:
+        logins.append("again")
+        await asyncio.sleep(0.05)  # (the others' 401s arrive meanwhile)
+        return kopf.ConnectionInfo(server=url, token="fresh")
+
+    client = cls.from_connection(kopf.ConnectionInfo(server=url, token="expired"), relogin=relogin)
+    try:
+        answers = await asyncio.gather(*(client.call("GET", "/version") for _ in range(10)))
+    finally:
+        await client.close()
+    assert [a["gitVersion"] for a in answers] == ["v1.36.0"] * 10
+    assert logins == ["again"]
+    assert seen.count("Bearer expired") == 10 and seen.count("Bearer fresh") == 10
+
+
+@pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
+async def test_credentials_still_refused_after_logging_in_again_are_an_error_not_a_loop(rotating, cls):
+    from expbuild_isolation.apiserver import ApiError
+    url, seen = rotating
+    stale = kopf.ConnectionInfo(server=url, token="expired")
+    client = cls.from_connection(stale, relogin=lambda: stale)
+    with pytest.raises(ApiError) as refused:
+        await _version(client)
+    assert refused.value.status == 401 and seen == ["Bearer expired"] * 2
+    without = cls.from_connection(stale)  # no way to log in again: the first 401 is the answer
+    with pytest.raises(ApiError):
+        await _version(without)
+    assert len(seen) == 3

@@ -51,10 +51,15 @@ def run_agent(config: WorkerConfig, settings: AgentSettings, *, metrics_port: in
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("expbuild.audit").setLevel(logging.INFO)
 
+    def login() -> Any:
+        return kopf.login_via_client(logger=logging.getLogger("expbuild.agent"), settings=kopf.OperatorSettings())
+
     async def main() -> None:
-        info: Any = kopf.login_via_client(logger=logging.getLogger("expbuild.agent"), settings=kopf.OperatorSettings())
+        info = login()
         if info is None:
             raise SystemExit("expbuild-isolation agent: no Kubernetes credentials (in-cluster or kubeconfig)")
-        await serve_agent(AgentApi.from_connection(info), config, settings, port=metrics_port)
+        # A 401 logs in again: the kubelet rotates the pod's service-account token, and the file read at start
+        # stops being accepted once the old token expires.
+        await serve_agent(AgentApi.from_connection(info, relogin=login), config, settings, port=metrics_port)
 
     asyncio.run(main())

@@ -37,9 +37,12 @@ def build(config: OperatorConfig, login: Any, *, peering: str | None = None
     state = OperatorState(config=config)
 
     async def login_and_remember(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = login(**kwargs)
-        info = await info if asyncio.iscoroutine(info) else info
-        return await remember_login(state, info) if info is not None else None
+        async def again() -> kopf.ConnectionInfo | None:  # the operator's own calls meeting a 401 log in again
+            info = login(**kwargs)
+            return await info if asyncio.iscoroutine(info) else info
+
+        info = await again()
+        return await remember_login(state, info, relogin=again) if info is not None else None
 
     async def ensure_peering(logger: Any, **kwargs: Any) -> None:
         if state.cluster is None:  # startup handlers run before kopf's first API call logs in

@@ -52,9 +52,11 @@ class OperatorState:
         return self.cluster
 
 
-async def remember_login(state: OperatorState, info: kopf.ConnectionInfo) -> kopf.ConnectionInfo:
-    """Give ``cluster`` the credentials kopf just logged in with (calls already under way finish on the old)."""
-    old, state.cluster = state.cluster, Cluster.from_connection(info)
+async def remember_login(state: OperatorState, info: kopf.ConnectionInfo, *, relogin: Any = None
+                         ) -> kopf.ConnectionInfo:
+    """Give ``cluster`` the credentials kopf just logged in with (calls already under way finish on the old);
+    ``relogin`` is how it logs in again by itself when a call meets a 401."""
+    old, state.cluster = state.cluster, Cluster.from_connection(info, relogin=relogin)
     if old is not None:
         await old.close()
     return info
