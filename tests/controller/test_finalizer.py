@@ -122,3 +122,35 @@ async def test_a_deletion_whose_cancel_failed_is_finished_by_the_retry(api, oper
         await api.delete(f"{TASKS}/stubborn")
         await eventually(lambda: _gone(api, "stubborn"), what="the task deleted after the retry")
     assert refused == ["stubborn"]
+
+
+async def test_a_finalizer_write_that_lost_a_race_is_left_to_the_next_event(api, kmock):
+    """A real API server answers a failed resourceVersion test with 422 (KMock with 500): a lost race, not an error.
+
+    The other writer's change brings a newer event, and ``keep_finalizer`` computes the list again from it.
+    """
+    cluster = Cluster(str(kmock.url))
+    try:
+        await api.create(TASKS, task_body("raced"))
+        body = await api.get(f"{TASKS}/raced")
+        path = f"{TASKS}/raced"
+        kmock["patch", path] << 422 << {"kind": "Status", "code": 422, "message": "the test operation failed"}
+        assert await cluster.set_finalizer(body, FINALIZER, present=True) is False
+    finally:
+        await cluster.close()
+
+
+async def test_a_finalizer_write_refused_otherwise_is_an_error(api, kmock):
+    cluster = Cluster(str(kmock.url))
+    try:
+        await api.create(TASKS, task_body("refused"))
+        body = await api.get(f"{TASKS}/refused")
+        kmock["patch", f"{TASKS}/refused"] << 403 << {"kind": "Status", "code": 403, "message": "forbidden"}
+        try:
+            await cluster.set_finalizer(body, FINALIZER, present=True)
+        except ApiError as exc:
+            assert exc.status == 403
+        else:
+            raise AssertionError("a 403 was taken for a lost race")
+    finally:
+        await cluster.close()
