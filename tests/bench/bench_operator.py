@@ -16,7 +16,7 @@ answering (the operator, or the peer) during the phase, from
 * ``scale``: more tasks up to 1,000 in all, capped by a timeout; reports how
   many Jobs were reached and the operator's RSS (``VmRSS`` of the child only).
 
-The peer, in the same run on a fresh emulator of its own: ``floor_burst_*``, ``floor_back_to_back_100`` are the same phases
+The peer, in the same run on a fresh emulator of its own: the ``floor_*`` phases are the same phases
 answered by a *reflex* instead of the operator: a child process that opens the operator's watches and, for
 each task ADDED, POSTs the Job the operator would render and patches the status the operator would write
 (the same two writes per task, the same bodies) and decides nothing. The reflex measures the harness: the
