@@ -10,8 +10,9 @@ create/field/delete handlers, so kopf stores nothing on them and diffs nothing:
 the status is the only state, and every step is idempotent. Only a task
 unfinished on a node agent carries the finalizer (``keep_finalizer``, from the
 same event stream): garbage collection removes a Job task's objects, and
-nothing blocks deleting a namespace or the CRD once tasks are done. Status is patched only through ``cluster`` (never kopf's ``patch``)
-so that all writers are serialized by one per-task lock.
+nothing blocks deleting a namespace or the CRD once tasks are done. Status is
+patched only through ``cluster`` (never kopf's ``patch``) so that all writers
+are serialized by one per-task lock.
 
 Before anything is created, the task is judged against the ExecutionPolicies of its namespace
 (``tenancy``: kept from watches, never read per task): a violation ends it Error/PolicyViolation (an image

@@ -243,9 +243,12 @@ async def keep_finalizer(state: OperatorState, body: dict[str, Any]) -> bool:
         if held:
             task = readable(body)
             if task is not None and not task.status.phase.finished:
-                async with state.lock(task.key):
-                    await cancel_now(state, task, body, "the task was deleted")
-                body = await state.api.get_task(meta.get("namespace", ""), meta.get("name", "")) or {}
+                async with state.lock(task.key):  # read again under the lock: an event and a retry cancel once
+                    body = await state.api.get_task(task.metadata.namespace, task.metadata.name) or {}
+                    fresh = readable(body) if body else None
+                    if fresh is not None and not fresh.status.phase.finished:
+                        await cancel_now(state, fresh, body, "the task was deleted")
+                        body = await state.api.get_task(task.metadata.namespace, task.metadata.name) or {}
             if body:
                 await state.api.set_finalizer(body, FINALIZER, present=False)
         return True
