@@ -18,10 +18,12 @@ answering (the operator, or the peer) during the phase, from
 
 The peer, in the same run on a fresh emulator of its own: the ``floor_*`` phases are the same phases
 answered by a *reflex* instead of the operator: a child process that opens the operator's watches and, for
-each task ADDED, POSTs the Job the operator would render and patches the status the operator would write
-(the same two writes per task, the same bodies) and decides nothing. The reflex measures the harness: the
-emulator (Python, single-threaded, in this process and also serving the creates) and the watch path. The
-operator's own share of a burst is its latency above the floor (``operator_above_floor_p50_seconds``).
+each task ADDED, POSTs the Job the operator would render, patches the status the operator would write and
+posts the Scheduled Event (the same three writes per task, the same bodies) and decides nothing. The reflex
+measures the harness: the emulator (Python, single-threaded, in this process and also serving the creates)
+and the watch path. The operator's own share of a burst is its latency above the floor
+(``operator_above_floor_p50_seconds``). The operator posts its Events as in production: they are counted in
+its requests and CPU (the emulator accepts them without storing them, see ``count_requests``).
 
 The operator runs in a child process (so RSS and CPU are its own), talking HTTP
 to the emulator in this process. Run: ``python tests/bench/bench_operator.py``
@@ -72,7 +74,7 @@ def operator_child(url: str) -> None:
     config = OperatorConfig(metrics_port=0, resync_seconds=3600, allowed_images=["*"])
     registry, memo = build(config, lambda **_: kopf.ConnectionInfo(server=url, insecure=True))
     settings = kopf.OperatorSettings()
-    settings.posting.enabled = False  # KMock stores no generateName objects; Events would only fail
+    # Events are posted as in production (a POST each; the bench's emulator accepts them: count_requests)
     asyncio.run(kopf.operator(registry=registry, memo=memo, settings=settings, clusterwide=True, standalone=True))
 
 
@@ -80,8 +82,8 @@ def reflex_child(url: str) -> None:
     """Entry of the peer's child process: the operator's API traffic for each task, with no decisions.
 
     It opens the watches the operator opens and, for each task ADDED, POSTs the Job the operator renders for
-    the bench's task (rendered once at start, only the names changed) and the status patch the operator
-    writes: the same requests and bodies, so the emulator does the same work for it as for the operator.
+    the bench's task (rendered once at start, only the names changed), the status patch the operator writes
+    and a Scheduled Event: the same requests and bodies, so the emulator does the same work for it.
     """
     import aiohttp
 
@@ -104,6 +106,15 @@ def reflex_child(url: str) -> None:
             await response.read()
         async with session.patch(f"{url}{TASKS}/{name}/status", json={"status": status},
                                  headers={"Content-Type": "application/merge-patch+json"}) as response:
+            await response.read()
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{name}.", "namespace": NS},
+                 "involvedObject": {"apiVersion": task["apiVersion"], "kind": task["kind"], "name": name,
+                                    "namespace": NS, "uid": task["metadata"].get("uid", "")},
+                 "reason": "Scheduled", "message": f"Job xt-{name} created (Container isolation)", "type": "Normal",
+                 "source": {"component": "expbuild-isolation"}, "reportingComponent": "expbuild-isolation",
+                 "reportingInstance": "reflex", "firstTimestamp": now, "lastTimestamp": now, "eventTime": None}
+        async with session.post(f"{url}/api/v1/namespaces/{NS}/events", json=event) as response:
             await response.read()
 
     async def watch(session: aiohttp.ClientSession, path: str, pending: set[asyncio.Task[None]]) -> None:
@@ -160,8 +171,8 @@ class Harness:
         server["post", JOBS] << self.record
         server["post", TASKS] << self.note_resource
         self.task_resource: Any = None
-        forget_served_requests(server)
         self.tally = count_requests(server)
+        forget_served_requests(server)  # (outermost: it also forgets the Events count_requests answers itself)
         self.child = subprocess.Popen([sys.executable, __file__, f"--{role}", str(server.url).rstrip("/")],
                                       env=os.environ | {"PYTHONPATH": str(ROOT / "operator")},
                                       stderr=subprocess.DEVNULL)  # its shutdown noise would bury the JSON
@@ -329,7 +340,13 @@ async def measure_both() -> dict[str, Any]:
 
 
 def count_requests(server: Any) -> Counter[str]:
-    """A live tally of the requests the emulator serves, by ``VERB resource`` (a watch counts once, when opened)."""
+    """A live tally of the requests the emulator serves, by ``VERB resource`` (a watch counts once, when opened).
+
+    Events are accepted (201) and not stored: KMock cannot store an object named by ``generateName``, and would
+    answer every Event after the first with a 409 carrying a formatted traceback, work no API server does.
+    """
+    from aiohttp import web
+
     tally: Counter[str] = Counter()
     base = type(server)
 
@@ -337,7 +354,10 @@ def count_requests(server: Any) -> Counter[str]:
         __slots__ = ()
 
         async def _handle(self, request: Any) -> Any:
-            tally[_kind_of(request)] += 1
+            kind = _kind_of(request)
+            tally[kind] += 1
+            if kind == "POST events":
+                return web.json_response(request.data, status=201)
             return await base._handle(self, request)
 
     server.__class__ = Counting
