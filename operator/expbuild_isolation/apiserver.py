@@ -108,8 +108,7 @@ class ApiServer:
 
     async def _send(self, method: str, path: str, *, body: Any, query: Query | None, content_type: str,
                     raw: bool) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": self.user_agent,
-                   **self._headers}
+        headers = {"Accept": "application/json", "Content-Type": content_type, **self._headers}
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         async with self._client().request(method, self.server + path, data=data, params=query, headers=headers,
                                           ssl=self._ssl) as response:
@@ -124,10 +123,9 @@ class ApiServer:
 def refusal_message(payload: bytes) -> str:
     """What a refusal says: the Status object's message, else the start of whatever came back (a proxy's page)."""
     try:
-        data = json.loads(payload)
+        return error_message(json.loads(payload))
     except ValueError:
         return payload.decode(errors="replace")[:500]
-    return str(data.get("message", "")) if isinstance(data, dict) else str(data)[:500]
 
 
 def error_message(data: Any) -> str:

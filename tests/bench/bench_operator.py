@@ -323,19 +323,12 @@ async def measure_both() -> dict[str, Any]:
     """The peer's floor first, then the operator, each on a fresh emulator; and the operator above the floor."""
     floor = await on_emulator(measure_floor)
     result = await on_emulator(measure)
+    p50 = {label: (phase.get("creation_to_job_seconds") or {}).get("p50") for label, phase in result["phases"].items()}
+    floor_p50 = {label: (phase.get("creation_to_job_seconds") or {}).get("p50") for label, phase in floor.items()}
     result["phases"] = floor | result["phases"]
-    result["operator_above_floor_p50_seconds"] = {
-        f"burst_{size}": round(result["phases"][f"burst_{size}"]["creation_to_job_seconds"]["p50"]
-                               - floor[f"floor_burst_{size}"]["creation_to_job_seconds"]["p50"], 4)
-        for size in BURSTS
-        if result["phases"].get(f"burst_{size}", {}).get("creation_to_job_seconds")
-        and floor.get(f"floor_burst_{size}", {}).get("creation_to_job_seconds")}
-    for label in (f"back_to_back_{BACK_TO_BACK}", f"instant_{INSTANT}"):
-        if result["phases"].get(label, {}).get("creation_to_job_seconds") \
-                and floor.get(f"floor_{label}", {}).get("creation_to_job_seconds"):
-            result["operator_above_floor_p50_seconds"][label] = round(
-                result["phases"][label]["creation_to_job_seconds"]["p50"]
-                - floor[f"floor_{label}"]["creation_to_job_seconds"]["p50"], 4)
+    result["operator_above_floor_p50_seconds"] = {  # every operator phase the peer ran too
+        label: round(p50[label] - floor_p50[f"floor_{label}"], 4)
+        for label in p50 if p50[label] is not None and floor_p50.get(f"floor_{label}") is not None}
     return result
 
 

@@ -69,10 +69,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-reapi-") as tmp:
         root = Path(tmp)
-        root.chmod(0o755)
-        stack = ReapiStack(root, capacity=args.jobs)
-        try:
-            stack.start()
+        with ReapiStack(root, capacity=args.jobs) as stack:
             stack.start_worker(args.executor)
             workspace = root / "ws"
             write_workspace(workspace, args.actions)
@@ -102,8 +99,6 @@ def main() -> int:
                 results[remote_key]["overhead_vs_linux_sandbox_per_action_ms"] = round(1000 * extra / args.actions, 1)
             print(json.dumps({"actions": args.actions, "jobs": args.jobs, "worker_capacity": args.jobs,
                               "runs": args.runs, "results": results}, indent=2))
-        finally:
-            stack.stop()
     return 0
 
 

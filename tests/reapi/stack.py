@@ -128,7 +128,7 @@ thread-pool-size: 64
 
 
 class ReapiStack:
-    """Start with ``start()``, stop everything with ``stop()`` (also on failure)."""
+    """Start with ``start()``, stop everything with ``stop()`` (also on failure); or ``with ReapiStack(...)``."""
 
     def __init__(self, root: Path, *, capacity: int = 2, keepalive: int = 20) -> None:
         self.root = root
@@ -148,9 +148,20 @@ class ReapiStack:
 
     def start(self) -> ReapiStack:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # the workers and Bazel reach into it (pytest's tmp dirs are 0700)
         self._start_postgres()
         self._start_buildgrid()
         return self
+
+    def __enter__(self) -> ReapiStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def _as_postgres(self, *argv: str) -> None:
         done = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=60)

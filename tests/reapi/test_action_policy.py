@@ -81,15 +81,9 @@ REFUSED = {
 def stack(tmp_path_factory):
     """BuildGrid, and one worker on the host executor whose file allows only registry.local/* images."""
     require_tools()
-    root = tmp_path_factory.mktemp("reapi-policy")
-    os.chmod(root, 0o755)
-    stack = ReapiStack(root, capacity=1)
-    try:
-        stack.start()
+    with ReapiStack(tmp_path_factory.mktemp("reapi-policy"), capacity=1) as stack:
         stack.start_worker("host", bot_id="reapi-policy-bot", floor="None", extra=E2E_RULES)
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

@@ -28,18 +28,13 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(420)]
 def stack(tmp_path_factory):
     require_tools()
     root = tmp_path_factory.mktemp("reapi")
-    os.chmod(root, 0o755)
-    stack = ReapiStack(root, capacity=2)
-    try:
-        stack.start()
+    with ReapiStack(root, capacity=2) as stack:
         stack.metrics_port = free_port()
         stack.start_worker("namespace", metrics_port=stack.metrics_port)
         workspace = root / "ws"
         shutil.copytree(HERE / "workspace", workspace)
         stack.workspace = workspace
         yield stack
-    finally:
-        stack.stop()
 
 
 def audit_lines(stack: ReapiStack, index: int = -1) -> list[dict]:

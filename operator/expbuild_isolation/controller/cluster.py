@@ -117,16 +117,19 @@ class Cluster(ApiServer):
                 return None
             raise
 
+    def task_path(self, namespace: str, name: str) -> str:
+        return f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}"
+
     async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.get(f"{GROUP}/{VERSION}", "ExecutionTask", namespace, name)
 
     async def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}/status"
+        path = f"{self.task_path(namespace, name)}/status"
         await self.call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
 
     async def patch_task(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """A merge patch of the task itself (metadata: the node label of a placed task)."""
-        path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', namespace)}/{quote(name)}"
+        path = self.task_path(namespace, name)
         await self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
     async def set_finalizer(self, body: dict[str, Any], finalizer: str, *, present: bool) -> bool:
@@ -141,7 +144,7 @@ class Cluster(ApiServer):
         wanted = [name for name in current if name != finalizer] + ([finalizer] if present else [])
         if wanted == current:
             return True
-        path = f"{self.collection(f'{GROUP}/{VERSION}', 'ExecutionTask', meta['namespace'])}/{quote(meta['name'])}"
+        path = self.task_path(meta["namespace"], meta["name"])
         ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
                ] if meta.get("resourceVersion") else []  # (an API server always sets it; an emulator may not)
         ops.append({"op": "add", "path": "/metadata/finalizers", "value": wanted} if wanted

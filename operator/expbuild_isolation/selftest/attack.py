@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..api.task import IsolationLevel, NetworkMode
-from ..executors.base import ExecutionRequest, ExecutionResult, ExecutorCapabilities, NetworkPolicy, ResourceLimits
+from ..executors.base import (ExecutionRequest, ExecutionResult, ExecutorCapabilities, NetworkPolicy, ResourceLimits,
+                              TerminationReason)
 from ..executors.workspace import create_workspace, remove_workspace
 
 BB = "/bin/busybox"   # every command goes through it, so a busybox-only image runs the attacks too
@@ -106,6 +107,13 @@ def below(caps: ExecutorCapabilities, level: IsolationLevel, what: str) -> str |
     if caps.isolation_level >= level:
         return None
     return f"isolation {caps.isolation_level.value}, below {level.value}: {what}"
+
+
+def ended_as(result: ExecutionResult, reason: TerminationReason, exit_code: int, what: str, why: str = "") -> None:
+    """AttackSucceeded unless the run ended ``reason`` with ``exit_code`` (``what`` names the run, ``why`` the loss)."""
+    if (result.reason, result.exit_code) != (reason, exit_code):
+        raise AttackSucceeded(f"{what} ended {result.reason.value} with exit {result.exit_code}, not "
+                              f"{reason.value} with {exit_code}" + (f": {why}" if why else ""))
 
 
 def short(data: bytes | str, limit: int = 300) -> str:

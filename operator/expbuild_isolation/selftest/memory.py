@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..executors.base import ExecutorCapabilities, TerminationReason
-from .attack import BB, Attack, AttackSucceeded, ControlFailed, MiB, Runs, hostile, scratch_workspace, short
+from .attack import (BB, Attack, AttackSucceeded, ControlFailed, MiB, Runs, ended_as, hostile, scratch_workspace,
+                     short)
 
 LIMIT = 64 * MiB
 ATTEMPT = 200_000_000   # bytes held in one shell variable, about three times the limit
@@ -25,9 +26,7 @@ async def memory(executor: Runs) -> None:
         result = await executor.execute(hostile(workspace, _hold(ATTEMPT), memory=LIMIT, timeout=30))
     if b"allocated" in result.stdout:
         raise AttackSucceeded(f"the task held {ATTEMPT} bytes under a {LIMIT // MiB} MiB limit")
-    if (result.reason, result.exit_code) != (TerminationReason.OOM_KILLED, 137):
-        raise AttackSucceeded(f"the allocation ended {result.reason.value} with exit {result.exit_code}, not "
-                              f"OOMKilled with 137: the kernel's kill was not reported")
+    ended_as(result, TerminationReason.OOM_KILLED, 137, "the allocation", "the kernel's kill was not reported")
 
 
 def _no_memory_limit(caps: ExecutorCapabilities) -> str | None:

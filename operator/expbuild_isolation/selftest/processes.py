@@ -8,8 +8,8 @@ import sys
 
 from ..api.task import IsolationLevel
 from ..executors.base import ExecutorCapabilities, TerminationReason
-from .attack import (BB, Attack, AttackSucceeded, ControlFailed, Runs, below, hostile, new_marker, scratch_workspace,
-                     settle, short)
+from .attack import (BB, Attack, AttackSucceeded, ControlFailed, Runs, below, ended_as, hostile, new_marker,
+                     scratch_workspace, settle, short)
 from .host_side import host_is_responsive, kill_leftovers, shells_named
 
 FORK_BOMB_PIDS = 64
@@ -85,9 +85,7 @@ async def daemon(executor: Runs) -> None:
         raise ControlFailed(f"the host never saw the task's daemon running: {short(result.stderr)}")
     if leftovers:
         raise AttackSucceeded(f"{len(leftovers)} process(es) of the task outlived its timeout")
-    if (result.reason, result.exit_code) != (TerminationReason.DEADLINE_EXCEEDED, 124):
-        raise AttackSucceeded(f"the task ended {result.reason.value} with exit {result.exit_code}, "
-                              f"not DeadlineExceeded with 124")
+    ended_as(result, TerminationReason.DEADLINE_EXCEEDED, 124, "the task")
 
 
 def _no_pids_limit(caps: ExecutorCapabilities) -> str | None:
