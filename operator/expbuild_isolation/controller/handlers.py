@@ -67,6 +67,17 @@ from .state import REPORTING_COMPONENT, OperatorState, phase_of, section, task_k
 from .storage import NoDiffBase, NoProgress
 
 
+# The resources the operator watches only the labelled of (server-side, and again by kopf at each handler).
+JOBS, PODS, NETPOLS = ("batch", "v1", "jobs"), ("", "v1", "pods"), ("networking.k8s.io", "v1", "networkpolicies")
+LABELLED: dict[tuple[str, str, str], dict[str, Any]] = {
+    JOBS: FOLLOWED, PODS: FOLLOWED, NETPOLS: {network.SHARED_POLICY_LABEL: kopf.PRESENT}}
+
+
+def label_selector(labels: Mapping[str, Any]) -> str:
+    """kopf's ``labels=`` filter as the API's labelSelector: ``key`` for kopf.PRESENT, else ``key=value``."""
+    return ",".join(key if value is kopf.PRESENT else f"{key}={value}" for key, value in sorted(labels.items()))
+
+
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own finalizer must never be ours: kopf strips its finalizer from objects no kopf handler needs
     # it for, and our tasks' finalizer is kept by ``keep_finalizer``, not by kopf.
@@ -75,6 +86,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's INFO chatter would drown it
     settings.posting.reporting_component = REPORTING_COMPONENT  # `kubectl describe` says who wrote the Event
+    # Jobs, pods and NetworkPolicies are watched filtered by the API server to ours: unfiltered, kopf decodes
+    # every pod event of the whole cluster and drops all but ours, one by one, at its handlers' ``labels=``.
+    for resource, labels in LABELLED.items():
+        settings.watching.label_selectors[resource] = label_selector(labels)
 
 
 async def on_task(body: kopf.Body, memo: kopf.Memo, type: str | None, logger: Any, **_: Any) -> None:
@@ -164,10 +179,9 @@ def make_registry(config: OperatorConfig, registry: kopf.OperatorRegistry | None
     kopf.on.startup(registry=registry, id="periodic")(start_loops)
     kopf.on.cleanup(registry=registry, id="periodic")(stop_loops)
     kopf.on.event(*resource, registry=registry, id="task")(on_task)
-    kopf.on.event("batch", "v1", "jobs", labels=FOLLOWED, registry=registry, id="follow-job")(follow)
-    kopf.on.event("", "v1", "pods", labels=FOLLOWED, registry=registry, id="follow-pod")(follow)
-    kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={network.SHARED_POLICY_LABEL: kopf.PRESENT},
-                  registry=registry, id="fence")(fence_changed)
+    kopf.on.event(*JOBS, labels=LABELLED[JOBS], registry=registry, id="follow-job")(follow)
+    kopf.on.event(*PODS, labels=LABELLED[PODS], registry=registry, id="follow-pod")(follow)
+    kopf.on.event(*NETPOLS, labels=LABELLED[NETPOLS], registry=registry, id="fence")(fence_changed)
     kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry, id="policy")(policy_changed)
     kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace")(namespace_changed)
     return registry
