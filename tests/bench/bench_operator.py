@@ -19,7 +19,8 @@ answering (the operator, or the peer) during the phase, from
 The peer, in the same run on a fresh emulator of its own: the ``floor_*`` phases are the same phases
 answered by a *reflex* instead of the operator: a child process that opens the operator's watches and, for
 each task ADDED, POSTs the Job the operator would render, patches the status the operator would write and
-posts the Scheduled Event (the same three writes per task, the same bodies) and decides nothing. The reflex
+posts the Scheduled Event (the same three writes per task, the same bodies, in the operator's order: a status
+patch waits while other tasks' Jobs are still to be posted) and decides nothing. The reflex
 measures the harness: the emulator (Python, single-threaded, in this process and also serving the creates)
 and the watch path. The operator's own share of a burst is its latency above the floor
 (``operator_above_floor_p50_seconds``). The operator posts its Events as in production: they are counted in
@@ -33,6 +34,7 @@ to the emulator in this process. Run: ``python tests/bench/bench_operator.py``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -99,11 +101,22 @@ def reflex_child(url: str) -> None:
                "/apis/networking.k8s.io/v1/networkpolicies", "/apis/expbuild.io/v1alpha1/executionpolicies",
                "/api/v1/namespaces"]
 
+    starting = Counter[str]()
+    idle = asyncio.Event()
+
     async def answer(session: aiohttp.ClientSession, task: dict[str, Any]) -> None:
         name = task["metadata"]["name"]
         job = json.loads(template.replace("t00000", name).replace("uid-0", task["metadata"].get("uid", "")))
-        async with session.post(f"{url}{JOBS}", json=job) as response:
-            await response.read()
+        try:
+            async with session.post(f"{url}{JOBS}", json=job) as response:
+                await response.read()
+        finally:
+            starting["tasks"] -= 1
+            if not starting["tasks"]:
+                idle.set()
+        if starting["tasks"]:  # the operator's order: the Jobs of tasks still starting first (JobsFirst)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), 1.0)
         async with session.patch(f"{url}{TASKS}/{name}/status", json={"status": status},
                                  headers={"Content-Type": "application/merge-patch+json"}) as response:
             await response.read()
@@ -122,6 +135,8 @@ def reflex_child(url: str) -> None:
             async for line in response.content:
                 event = json.loads(line) if line.strip() else {}
                 if path.endswith("executiontasks") and event.get("type") == "ADDED":
+                    starting["tasks"] += 1
+                    idle.clear()
                     job = asyncio.create_task(answer(session, event["object"]))
                     pending.add(job)
                     job.add_done_callback(pending.discard)

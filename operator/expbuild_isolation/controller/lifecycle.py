@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -78,13 +78,15 @@ async def start(state: OperatorState, body: dict[str, Any]) -> None:
     async with state.lock(task.key):
         if state.started.get(task.key) == task.metadata.uid:
             return  # (a restarted operator lists fresh bodies: their status says what was done)
-        if await _start(state, task, dict(body)):
-            state.started[task.key] = task.metadata.uid
+        with state.jobs_first.starting() as reached_job:
+            if await _start(state, task, dict(body), reached_job):
+                state.started[task.key] = task.metadata.uid
 
 
-async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]) -> bool:
+async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any],
+                 reached_job: Callable[[], None]) -> bool:
     """Under the task's lock: cancel, reject, wait for a slot (False), place on an agent, or create the Job
-    path's objects."""
+    path's objects (then, once ``reached_job``, the Scheduled status waits for other tasks' Jobs)."""
     if task.spec.cancel:
         await cancel_now(state, task, body, "cancelled before it started (spec.cancel)")
         return True
@@ -126,7 +128,9 @@ async def _start(state: OperatorState, task: ExecutionTask, body: dict[str, Any]
     except Exception as exc:
         metrics.RECONCILE_ERRORS.inc()
         raise kopf.TemporaryError(f"creating the task's objects failed: {exc}", delay=5) from exc
+    reached_job()
     if task.status.phase is Phase.PENDING:
+        await state.jobs_first.wait_turn()
         level = render.isolation_level(task, state.config).value
         patch = {"phase": Phase.SCHEDULED.value, "reason": "JobCreated", "message": note, "executor": EXECUTOR,
                  "isolationLevel": level, "observedGeneration": task.metadata.generation}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -19,6 +20,48 @@ from .tenancy import Tenancy
 
 EXECUTOR = "job"
 REPORTING_COMPONENT = "expbuild-isolation"
+
+
+class JobsFirst:
+    """Tasks not yet at their Job go before a started task's status patch (and so before its Event).
+
+    In a burst, a task's Job POST would otherwise queue behind the status patches, Events and watch events
+    that the tasks seen before it bring: at ~3 ms of the operator's work per task, the 100th of 200 tasks
+    created at once waited ~0.3 s for its Job, of which ~half was others' work that could wait. A status patch
+    waits here, under its task's lock, until no task is between its first event and its Job POST, or
+    ``patience`` seconds; with nothing starting it does not wait at all.
+    """
+
+    def __init__(self, patience: float = 1.0) -> None:
+        self.patience = patience
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[Callable[[], None]]:
+        """Count one task as starting until the ``leave`` it yields is called, or the block ends."""
+        self.count += 1
+        self._idle.clear()
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left, self.count = True, self.count - 1
+                if not self.count:
+                    self._idle.set()
+
+        try:
+            yield leave
+        finally:
+            leave()
+
+    async def wait_turn(self) -> None:
+        """Until no task is starting (never called by a task still counted itself: it would wait for itself)."""
+        if self.count:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.patience)
 
 
 @dataclass
@@ -41,6 +84,7 @@ class OperatorState:
     # The context of a kopf handler (``track``): kopf.event needs its posting queue's context variables,
     # which the startup handler that starts the periodic loops does not have yet.
     handler_context: contextvars.Context | None = None
+    jobs_first: JobsFirst = field(default_factory=JobsFirst)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
