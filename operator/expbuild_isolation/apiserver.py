@@ -11,16 +11,67 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kopf
+import yaml
 
 from . import __version__
 
 Query = dict[str, Any] | list[tuple[str, Any]]
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def login(*, settings: kopf.OperatorSettings | None = None, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The credentials of the operator and the agent, without the ``kubernetes`` client library where it can.
+
+    In a pod, its service account: the token and CA of ``SERVICE_ACCOUNT``, the API server at
+    ``KUBERNETES_SERVICE_HOST``:``KUBERNETES_SERVICE_PORT`` (as client-go finds it). Outside, the kubeconfig
+    (``KUBECONFIG`` or ``~/.kube/config``) read by kopf: certificates, tokens and basic credentials, inline or
+    in files. A kubeconfig user that gets its credentials otherwise (an ``exec`` plugin, a ``tokenFile``) needs
+    the client library, which is used only then (``pip install kubernetes``).
+
+    Why: kopf imports the client library's ~900 model modules whenever it is installed, 33 MiB of each
+    operator and agent process that nothing of ours uses; the image does not install it.
+    """
+    settings = settings or kopf.OperatorSettings()
+    info = in_cluster(settings)
+    if info is not None:
+        return info
+    try:
+        info = kopf.login_with_kubeconfig(settings=settings, **kwargs)
+    except (OSError, KeyError, TypeError, AttributeError, ValueError, yaml.YAMLError) as exc:
+        raise kopf.LoginError(f"the kubeconfig ({os.environ.get('KUBECONFIG') or '~/.kube/config'}) cannot be "
+                              f"used: {type(exc).__name__}: {exc}") from None
+    if info is None or info.token or info.certificate_path or info.certificate_data or info.username:
+        return info
+    try:
+        import kubernetes.config  # noqa: F401  (only to know whether it is there)
+    except ImportError:
+        raise kopf.LoginError(
+            "the kubeconfig's user has no token, client certificate or password of its own (an exec plugin or "
+            "a tokenFile gives them): install the kubernetes client library to use it (pip install kubernetes)"
+        ) from None
+    return kopf.login_via_client(settings=settings, **kwargs)
+
+
+def in_cluster(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's service account, or None outside a pod."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    token = SERVICE_ACCOUNT / "token"
+    if not host or not port or not token.is_file():
+        return None
+    namespace, ca = SERVICE_ACCOUNT / "namespace", SERVICE_ACCOUNT / "ca.crt"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(ca) if ca.is_file() else None, token=token.read_text().strip() or None,
+        default_namespace=(namespace.read_text().strip() or None) if namespace.is_file() else None,
+        trust_env=settings.networking.trust_env)
 
 
 class ApiError(Exception):
@@ -51,7 +102,7 @@ class ApiServer:
 
     @classmethod
     def from_connection(cls, info: kopf.ConnectionInfo, *, relogin: Relogin | None = None) -> Any:
-        """From what a kopf login handler returns (``kopf.login_via_client`` in production).
+        """From what a kopf login handler returns (``login`` in production).
 
         The TLS context, the Authorization header and the proxy are made by ``kopf.ConnectionInfo`` itself, as
         for kopf's own session: the operator's calls and kopf's watches can never disagree about credentials,

@@ -50,6 +50,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+if sys.argv[1:2] == ["--operator"]:
+    # The operator's child runs with the image's packages: no Kubernetes client library (image/requirements.lock).
+    # The test extras install one (``kubernetes`` for the e2e suite, ``pykube-ng`` with pytest-kind), and kopf
+    # imports whichever it finds, 33 MiB of models the operator never uses. Before anything imports kopf.
+    sys.modules["kubernetes"] = sys.modules["pykube"] = None  # type: ignore[assignment]
 
 from tests.bench.common import on_emulator, summary  # noqa: E402
 from tests.controller.conftest import forget_served_requests  # noqa: E402
@@ -64,7 +69,7 @@ INSTANT = 200
 
 
 def operator_child(url: str) -> None:
-    """Entry of the child process: the real operator, logged in to ``url``."""
+    """Entry of the child process: the real operator, logged in to ``url``, with the image's packages (above)."""
     import logging
 
     import kopf

@@ -3,6 +3,7 @@
 from typing import Any
 
 import kopf
+from expbuild_isolation import apiserver
 from expbuild_isolation.controller.handlers import make_registry
 from expbuild_isolation.controller.state import OperatorState, remember_login
 from expbuild_isolation.kube.config import OperatorConfig
@@ -19,5 +20,5 @@ async def share_state(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.login()
 async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    info = kopf.login_via_client(**kwargs)
+    info = apiserver.login(**kwargs)  # the operator's own login, as `expbuild-isolation operator` uses it
     return await remember_login(STATE, info) if info else None

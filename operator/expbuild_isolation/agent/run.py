@@ -7,10 +7,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..apiserver import login as kube_login
 from ..worker.config import WorkerConfig
 from .api import AgentApi
 from .node import AgentSettings, NodeAgent, now
@@ -52,7 +52,7 @@ def run_agent(config: WorkerConfig, settings: AgentSettings, *, metrics_port: in
     logging.getLogger("expbuild.audit").setLevel(logging.INFO)
 
     def login() -> Any:
-        return kopf.login_via_client(logger=logging.getLogger("expbuild.agent"), settings=kopf.OperatorSettings())
+        return kube_login(logger=logging.getLogger("expbuild.agent"))
 
     async def main() -> None:
         info = login()

@@ -1,8 +1,8 @@
 """``expbuild-isolation operator``: run the kopf operator until interrupted.
 
-Credentials come from kopf's login: the pod's service account inside a
-cluster, the kubeconfig (``KUBECONFIG`` or ``~/.kube/config``) outside; the
-operator's own API calls reuse them. Settings come from ``EXPBUILD_*``
+Credentials come from ``apiserver.login``: the pod's service account inside a
+cluster, the kubeconfig (``KUBECONFIG`` or ``~/.kube/config``) outside; kopf's
+watches and the operator's own API calls use the same. Settings come from ``EXPBUILD_*``
 variables (see ``kube.config``); ``namespaces`` overrides
 ``EXPBUILD_NAMESPACES``; no namespaces means cluster-wide.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from .. import metrics
+from ..apiserver import login
 from ..kube.config import OperatorConfig
 from .handlers import load_tenancy, make_registry
 from .state import OperatorState, remember_login
@@ -91,7 +92,7 @@ def run_operator(namespaces: list[str], *, liveness: str | None, peering: str | 
     if config.metrics_port:
         metrics.start_metrics_server(config.metrics_port)
     peering = None if standalone else peering
-    registry, memo = build(config, kopf.login_via_client, peering=peering)
+    registry, memo = build(config, login, peering=peering)
     asyncio.run(kopf.operator(
         registry=registry, memo=memo, namespaces=config.namespaces, clusterwide=not config.namespaces,
         standalone=standalone or peering is None, peering_name=peering, liveness_endpoint=liveness,
