@@ -8,109 +8,19 @@ on), send the token or basic credentials, and leave no key behind in a temporary
 
 from __future__ import annotations
 
-import base64
-import datetime
-import ipaddress
-import ssl
 import tempfile
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import kopf
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from expbuild_isolation.agent.api import AgentApi
 from expbuild_isolation.controller.cluster import Cluster
 
+from .tls import b64, key_pem, pem, version
+
 CLIENTS = [Cluster, AgentApi]
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _issue(name: str, key: Any, issuer: tuple[x509.Name, Any] | None, *, ca: bool = False,
-           ip: str | None = None) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ip:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-                                        critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-class Pki:
-    """A cluster CA, the API server's certificate for 127.0.0.1, a client certificate, and a stranger CA."""
-
-    def __init__(self, where: Path) -> None:
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca = _issue("test-cluster-ca", self.ca_key, None, ca=True)
-        issuer = (self.ca.subject, self.ca_key)
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        self.client_key = ec.generate_private_key(ec.SECP256R1())
-        self.client = _issue("system:expbuild-operator", self.client_key, issuer)
-        stranger_key = ec.generate_private_key(ec.SECP256R1())
-        self.stranger = _issue("some-other-ca", stranger_key, None, ca=True)
-        self.ca_file = where / "ca.crt"
-        self.ca_file.write_bytes(_pem(self.ca))
-        (where / "server.crt").write_bytes(_pem(_issue("apiserver", server_key, issuer, ip="127.0.0.1")))
-        (where / "server.key").write_bytes(_key_pem(server_key))
-        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_file))
-        self.server_context.load_cert_chain(where / "server.crt", where / "server.key")
-        self.server_context.verify_mode = ssl.CERT_OPTIONAL  # a client certificate, when given, must be ours
-
-
-@pytest.fixture
-async def apiserver(tmp_path):
-    """An HTTPS server answering like the API server's /version, echoing what it saw of the client."""
-    pki = Pki(tmp_path)
-    seen: list[dict[str, Any]] = []
-
-    async def version(request: web.Request) -> web.Response:
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
-        subject = dict(item[0] for item in (peer or {}).get("subject", ()))
-        seen.append({"client": subject.get("commonName"), "authorization": request.headers.get("Authorization"),
-                     "user_agent": request.headers.get("User-Agent")})
-        return web.json_response({"gitVersion": "v1.36.0"})
-
-    app = web.Application()
-    app.router.add_get("/version", version)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=pki.server_context)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        yield pki, f"https://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-async def _version(client: Any) -> dict[str, Any]:
-    try:
-        return await client.call("GET", "/version")
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
@@ -119,9 +29,9 @@ async def test_kubeconfig_data_credentials_present_the_client_certificate(apiser
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    info = kopf.ConnectionInfo(server=url, ca_data=_b64(_pem(pki.ca)), certificate_data=_b64(_pem(pki.client)),
-                               private_key_data=_b64(_key_pem(pki.client_key)))
-    assert (await _version(cls.from_connection(info)))["gitVersion"] == "v1.36.0"
+    info = kopf.ConnectionInfo(server=url, ca_data=b64(pem(pki.ca)), certificate_data=b64(pem(pki.client)),
+                               private_key_data=b64(key_pem(pki.client_key)))
+    assert (await version(cls.from_connection(info)))["gitVersion"] == "v1.36.0"
     assert seen[-1]["client"] == "system:expbuild-operator"
     assert seen[-1]["user_agent"].startswith("expbuild-isolation-")
     assert list(scratch.iterdir()) == [], "the key given as data was left in a temporary file"
@@ -131,7 +41,7 @@ async def test_kubeconfig_data_credentials_present_the_client_certificate(apiser
 async def test_a_service_account_token_and_ca_file_are_used(apiserver, cls):
     pki, url, seen = apiserver
     info = kopf.ConnectionInfo(server=url, ca_path=str(pki.ca_file), token="sa-token")
-    await _version(cls.from_connection(info))
+    await version(cls.from_connection(info))
     assert seen[-1] == {"client": None, "authorization": "Bearer sa-token", "user_agent": seen[-1]["user_agent"]}
 
 
@@ -139,19 +49,19 @@ async def test_a_service_account_token_and_ca_file_are_used(apiserver, cls):
 async def test_basic_credentials_are_sent(apiserver, cls):
     pki, url, seen = apiserver
     info = kopf.ConnectionInfo(server=url, ca_path=str(pki.ca_file), username="admin", password="s3cret")
-    await _version(cls.from_connection(info))
-    assert seen[-1]["authorization"] == "Basic " + _b64(b"admin:s3cret")
+    await version(cls.from_connection(info))
+    assert seen[-1]["authorization"] == "Basic " + b64(b"admin:s3cret")
 
 
 @pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
 async def test_a_server_the_ca_did_not_sign_is_refused_unless_insecure(apiserver, cls):
     pki, url, seen = apiserver
-    stranger = kopf.ConnectionInfo(server=url, ca_data=_b64(_pem(pki.stranger)), token="t")
+    stranger = kopf.ConnectionInfo(server=url, ca_data=b64(pem(pki.stranger)), token="t")
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
-        await _version(cls.from_connection(stranger))
+        await version(cls.from_connection(stranger))
     assert seen == []  # the request never reached the server
-    insecure = kopf.ConnectionInfo(server=url, ca_data=_b64(_pem(pki.stranger)), token="t", insecure=True)
-    await _version(cls.from_connection(insecure))
+    insecure = kopf.ConnectionInfo(server=url, ca_data=b64(pem(pki.stranger)), token="t", insecure=True)
+    await version(cls.from_connection(insecure))
     assert seen[-1]["authorization"] == "Bearer t"
 
 
@@ -206,9 +116,9 @@ async def test_credentials_still_refused_after_logging_in_again_are_an_error_not
     stale = kopf.ConnectionInfo(server=url, token="expired")
     client = cls.from_connection(stale, relogin=lambda: stale)
     with pytest.raises(ApiError) as refused:
-        await _version(client)
+        await version(client)
     assert refused.value.status == 401 and seen == ["Bearer expired"] * 2
     without = cls.from_connection(stale)  # no way to log in again: the first 401 is the answer
     with pytest.raises(ApiError):
-        await _version(without)
+        await version(without)
     assert len(seen) == 3

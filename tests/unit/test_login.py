@@ -14,10 +14,10 @@ import kopf
 import pytest
 import yaml
 
-from expbuild_isolation import apiserver
+from expbuild_isolation import apiserver as transport
 from expbuild_isolation.controller.cluster import Cluster
 
-from .test_apiserver_tls import _key_pem, _pem, _version, apiserver as tls_apiserver  # noqa: F401
+from .tls import key_pem, pem, version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def outside(tmp_path, monkeypatch):
     """No pod around: no service account, no in-cluster variables, and a kubeconfig path to fill."""
-    monkeypatch.setattr(apiserver, "SERVICE_ACCOUNT", tmp_path / "no-service-account")
+    monkeypatch.setattr(transport, "SERVICE_ACCOUNT", tmp_path / "no-service-account")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
     kubeconfig = tmp_path / "kubeconfig"
@@ -42,42 +42,42 @@ def write_kubeconfig(path: Path, url: str, ca: bytes, user: dict) -> None:
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "me", "namespace": "ci"}}]}))
 
 
-async def test_in_a_pod_the_service_account_is_used_before_any_kubeconfig(tls_apiserver, outside, tmp_path,
+async def test_in_a_pod_the_service_account_is_used_before_any_kubeconfig(apiserver, outside, tmp_path,
                                                                          monkeypatch):
-    pki, url, seen = tls_apiserver
+    pki, url, seen = apiserver
     account = tmp_path / "serviceaccount"
     account.mkdir()
     (account / "token").write_text("sa-token\n")
     (account / "ca.crt").write_bytes(pki.ca_file.read_bytes())
     (account / "namespace").write_text("expbuild-system")
-    monkeypatch.setattr(apiserver, "SERVICE_ACCOUNT", account)
+    monkeypatch.setattr(transport, "SERVICE_ACCOUNT", account)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", url.rsplit(":", 1)[1])
-    write_kubeconfig(outside, url, _pem(pki.ca), {"token": "kubeconfig-token"})
-    info = apiserver.login()
+    write_kubeconfig(outside, url, pem(pki.ca), {"token": "kubeconfig-token"})
+    info = transport.login()
     assert info.default_namespace == "expbuild-system"
-    assert (await _version(Cluster.from_connection(info)))["gitVersion"] == "v1.36.0"
+    assert (await version(Cluster.from_connection(info)))["gitVersion"] == "v1.36.0"
     assert seen[-1]["authorization"] == "Bearer sa-token"
 
 
 def test_an_ipv6_service_host_is_bracketed(tmp_path, monkeypatch):
     (tmp_path / "token").write_text("t")
-    monkeypatch.setattr(apiserver, "SERVICE_ACCOUNT", tmp_path)
+    monkeypatch.setattr(transport, "SERVICE_ACCOUNT", tmp_path)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    assert apiserver.login().server == "https://[fd00::1]:443"
+    assert transport.login().server == "https://[fd00::1]:443"
 
 
-async def test_outside_a_kubeconfig_client_certificate_is_used_without_the_client_library(tls_apiserver, outside,
+async def test_outside_a_kubeconfig_client_certificate_is_used_without_the_client_library(apiserver, outside,
                                                                                          monkeypatch):
-    pki, url, seen = tls_apiserver
-    write_kubeconfig(outside, url, _pem(pki.ca), {
-        "client-certificate-data": base64.b64encode(_pem(pki.client)).decode(),
-        "client-key-data": base64.b64encode(_key_pem(pki.client_key)).decode()})
+    pki, url, seen = apiserver
+    write_kubeconfig(outside, url, pem(pki.ca), {
+        "client-certificate-data": base64.b64encode(pem(pki.client)).decode(),
+        "client-key-data": base64.b64encode(key_pem(pki.client_key)).decode()})
     monkeypatch.setitem(sys.modules, "kubernetes", None)  # as in the image: the library is not installed
-    info = apiserver.login()
+    info = transport.login()
     assert info.default_namespace == "ci"
-    await _version(Cluster.from_connection(info))
+    await version(Cluster.from_connection(info))
     assert seen[-1]["client"] == "system:expbuild-operator"
 
 
@@ -91,25 +91,25 @@ def exec_user(tmp_path: Path) -> dict:
                      "interactiveMode": "Never"}}
 
 
-def test_an_exec_plugin_without_the_client_library_is_a_clear_login_error(tls_apiserver, outside, tmp_path,
+def test_an_exec_plugin_without_the_client_library_is_a_clear_login_error(apiserver, outside, tmp_path,
                                                                           monkeypatch):
-    pki, url, _ = tls_apiserver
-    write_kubeconfig(outside, url, _pem(pki.ca), exec_user(tmp_path))
+    pki, url, _ = apiserver
+    write_kubeconfig(outside, url, pem(pki.ca), exec_user(tmp_path))
     monkeypatch.setitem(sys.modules, "kubernetes", None)
     monkeypatch.setitem(sys.modules, "kubernetes.config", None)
     with pytest.raises(kopf.LoginError, match="pip install kubernetes"):
-        apiserver.login()
+        transport.login()
 
 
-async def test_an_exec_plugin_is_run_by_the_client_library_when_it_is_installed(tls_apiserver, outside, tmp_path,
+async def test_an_exec_plugin_is_run_by_the_client_library_when_it_is_installed(apiserver, outside, tmp_path,
                                                                               monkeypatch):
     pytest.importorskip("kubernetes", reason="the kubernetes client library is not installed here")
     from kubernetes.config import kube_config
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(outside))  # (read once, at its import)
-    pki, url, seen = tls_apiserver
-    write_kubeconfig(outside, url, _pem(pki.ca), exec_user(tmp_path))
-    info = apiserver.login(logger=__import__("logging").getLogger("test"))
-    await _version(Cluster.from_connection(info))
+    pki, url, seen = apiserver
+    write_kubeconfig(outside, url, pem(pki.ca), exec_user(tmp_path))
+    info = transport.login(logger=__import__("logging").getLogger("test"))
+    await version(Cluster.from_connection(info))
     assert seen[-1]["authorization"] == "Bearer exec-token"
 
 
@@ -118,7 +118,7 @@ def test_an_unusable_kubeconfig_is_a_login_error_naming_it(outside, content):
     if content is not None:
         outside.write_text(content)
     with pytest.raises(kopf.LoginError, match="kubeconfig"):
-        apiserver.login()
+        transport.login()
 
 
 def test_the_client_library_is_not_a_dependency_of_the_package_or_the_image():
