@@ -16,6 +16,9 @@ answering (the operator, or the peer) during the phase, from
 * ``scale``: more tasks up to 1,000 in all, capped by a timeout; reports how
   many Jobs were reached and the operator's RSS (``VmRSS`` of the child only).
 
+Requests and CPU per task are counted once every task of the phase has its status patch (those of a burst
+wait for its Jobs, ``JobsFirst``), so they include the whole of each task's start.
+
 The peer, in the same run on a fresh emulator of its own: the ``floor_*`` phases are the same phases
 answered by a *reflex* instead of the operator: a child process that opens the operator's watches and, for
 each task ADDED, POSTs the Job the operator would render, patches the status the operator would write and
@@ -267,7 +270,10 @@ class Harness:
         # The same from the moment the create call was made: in a burst this includes the emulator's own
         # queue of creates (it runs in this process), which a real API server's clients also wait through.
         from_call = [self.job_seen[n] - self.called[n] for n in names if n in self.job_seen]
-        await asyncio.sleep(1)  # let the tail of the phase (status patches, Events) settle before counting
+        # The tail of the phase (status patches, which wait for the Jobs of a burst, and Events) before counting
+        patched = "PATCH executiontasks/status"
+        await _wait(lambda: self.tally[patched] - counted[patched] >= len(names), 10)
+        await asyncio.sleep(0.5)
         cpu2 = cpu_seconds(pid)
         self.phases[label] = {
             "tasks": len(names), "jobs": len(reached), "complete": done,

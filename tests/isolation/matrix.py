@@ -234,7 +234,7 @@ On the development machine (cgroup v1 hybrid); reproduce with the command shown.
 | Docker cold start | 1.01× `docker run --rm` (0.20 s) | `python3 tests/bench/bench_docker.py --n 25` |
 | Docker warm pool start | 0.16–0.18× `docker run --rm` (0.033 s) | `python3 tests/bench/bench_docker.py --n 25` |
 | node agent, creation to Succeeded, p50 | 0.51 s | `python tests/bench/bench_agent.py` |
-| operator against KMock, creation to Job, p50 | 2.3 ms for one task; 6.8 ms for 100 created back to back (do-nothing peer with the same traffic: 3.4 ms); 0.42 s for 200 at once (peer: 0.32 s, the emulator's floor); 4–5.4 ms operator CPU and 4 API requests per task | `python tests/bench/bench_operator.py` |
+| operator against KMock, creation to Job, p50 | 1.5–1.9 ms for one task; 2.7–14 ms for 100 created back to back (do-nothing peer with the same traffic: 2.9–5.5 ms); 0.089–0.100 s for 200 at once, p99 0.28–0.39 s (peer: 0.079–0.128 s, the emulator's floor); 2.6–4.1 ms operator CPU and 4 API requests per task; RSS 125–128 MiB with 1,000 tasks | `python tests/bench/bench_operator.py` |
 | REAPI action through BuildGrid | 166 ms per action; Bazel `linux-sandbox` 30 ms | `python3 tests/bench/bench_reapi.py --runs 3` |
 | cgroup v2 guest (QEMU `-accel tcg`, 2 vCPUs, 3 GiB), boot to its init script | 3–9 s of guest uptime, varying with the machine's load | `python3 -m tests.cgroupv2.guest tests/cgroupv2/test_v2_limits.py` |
 | the v2 suite in the guest (`tests/cgroupv2/suite.py`, dockerd included) | 39 tests: 4.5–5.4 min of wall time, of it 3.4–4 min pytest inside and 12–25 s dockerd's start (this 2-core machine, with other work running) | `python3 -m pytest -q -rP tests/cgroupv2/test_guest.py` |

@@ -28,8 +28,10 @@ class JobsFirst:
     In a burst, a task's Job POST would otherwise queue behind the status patches, Events and watch events
     that the tasks seen before it bring: at ~3 ms of the operator's work per task, the 100th of 200 tasks
     created at once waited ~0.3 s for its Job, of which ~half was others' work that could wait. A status patch
-    waits here, under its task's lock, until no task is between its first event and its Job POST, or
-    ``patience`` seconds; with nothing starting it does not wait at all.
+    waits here, under its task's lock (so a Job or pod event cannot find the task still Pending), until no task
+    is between its first event and its Job POST, or ``patience`` seconds; with nothing starting it does not wait.
+    bench_operator, 200 created at once: creation -> Job p50 0.40 s -> 0.09-0.10 s. A patience of 0.25 s let
+    the first patches go while a burst of 200 was still starting and gave p99 up to 1 s; 1 s did not.
     """
 
     def __init__(self, patience: float = 1.0) -> None:
