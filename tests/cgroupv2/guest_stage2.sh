@@ -59,7 +59,11 @@ fi
 cd "$PROJECT"
 mapfile -d '' args <"$RESULTS/job/args"
 stamp pytest
-EXPBUILD_IN_CGROUP_V2_GUEST=1 PYTHONPATH="$PROJECT/operator" PYTHONDONTWRITEBYTECODE=1 \
-    "$PYTHON" -m pytest -p no:cacheprovider --junitxml="$RESULTS/junit.xml" "${args[@]}" >"$RESULTS/pytest.log" 2>&1
+# Unbuffered, and no test longer than 300 s (the whole suite takes ~3 min): should the guest hang again (once,
+# in a CI run, before the first test's OOM message, for the guest's whole 1,200 s), its log says where, with the
+# stacks pytest-timeout prints, instead of being lost with the killed guest.
+EXPBUILD_IN_CGROUP_V2_GUEST=1 PYTHONPATH="$PROJECT/operator" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    "$PYTHON" -m pytest -p no:cacheprovider --timeout=300 --junitxml="$RESULTS/junit.xml" "${args[@]}" \
+    >"$RESULTS/pytest.log" 2>&1
 echo $? >"$RESULTS/rc"
 stamp done
