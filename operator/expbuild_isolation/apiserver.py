@@ -1,8 +1,8 @@
 """One asynchronous HTTP connection to the Kubernetes API server, with the credentials of a ``kopf.ConnectionInfo``.
 
 Shared by the operator (``controller.cluster``) and the node agent (``agent.api``), which may not import each
-other. Both borrow kopf's login: in a cluster the pod's service account, outside it the kubeconfig, in
-tests a test server. Calls run on the event loop over aiohttp (kopf's own HTTP client): no worker threads, no
+other. Both log in through ``login``: in a cluster the pod's service account, outside it the kubeconfig (in
+tests, a test server's ``kopf.ConnectionInfo``). Calls run on the event loop over aiohttp (kopf's own HTTP client): no worker threads, no
 model classes, the bodies are plain dicts serialized once.
 """
 

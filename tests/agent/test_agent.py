@@ -31,10 +31,6 @@ async def _phase(api, name, phase):
     return task if task and (task.get("status") or {}).get("phase") == phase else None
 
 
-async def _true(value):
-    return value
-
-
 def placed(name: str, node: str, **spec) -> dict:
     """A task as the operator leaves it after placing it on ``node`` (for tests without the operator)."""
     body = task_body(name, **spec)
@@ -92,8 +88,8 @@ async def test_a_namespace_task_placed_on_n1_is_claimed_run_and_reported(api, op
             outputs={"paths": ["out/greeting"]})))
         task = await eventually(lambda: _phase(api, "ns-hello", "Succeeded"), timeout=30, what="Succeeded")
         # Events go out from queues: wait for them before the agent stops, not after.
-        await eventually(lambda: _true({"Scheduled", "Started", "Completed"}
-                                       <= {e.get("reason") for e in api.events_for("ns-hello")}), what="the events")
+        await eventually(lambda: {"Scheduled", "Started", "Completed"}
+                         <= {e.get("reason") for e in api.events_for("ns-hello")}, what="the events")
     status = task["status"]
     assert (status["executor"], status["isolationLevel"], status["node"]) == ("namespace", "Container", "n1")
     assert (status["exitCode"], status["reason"]) == (0, "Completed")
@@ -127,11 +123,11 @@ async def test_two_agents_racing_for_the_same_tasks_run_each_exactly_once(api, k
             running_agent(kmock, worker_config, "n1", agent_id="n1-b", counting=counting):
         for name in names:
             await eventually(lambda name=name: _phase(api, name, "Succeeded"), timeout=30, what=f"{name} Succeeded")
-            await eventually(lambda name=name: _true("Completed" in {e.get("reason") for e in api.events_for(name)}),
+            await eventually(lambda name=name: "Completed" in {e.get("reason") for e in api.events_for(name)},
                              what=f"{name}'s Completed event")
     assert sorted(counting.runs) == sorted(f"uid-{name}" for name in names)  # each once, none twice
     # each run reported to its end (a poll seeing its own final status must not cut it short)
-    await eventually(lambda: _true(succeeded._value.get() - before == len(names)), timeout=5, what="metrics")
+    await eventually(lambda: succeeded._value.get() - before == len(names), timeout=5, what="metrics")
     for name in names:
         assert "Completed" in {e.get("reason") for e in api.events_for(name)}
     tries = [r for r in list(kmock) if r.method == "POST" and r.url.path == CLAIMS]
@@ -177,7 +173,7 @@ async def test_an_agent_whose_lease_expires_loses_its_running_task(api, operator
     assert "n1" in task["status"]["message"] and "expbuild-agent-n1" in task["status"]["message"]
     assert counting.runs == ["uid-orphan"]
     # The periodic agent check posts the Event too (it runs outside any kopf handler).
-    lost = await eventually(lambda: _true([e for e in api.events_for("orphan") if e["reason"] == "AgentLost"]),
+    lost = await eventually(lambda: [e for e in api.events_for("orphan") if e["reason"] == "AgentLost"],
                             timeout=5, what="an AgentLost Event")
     assert lost[0]["type"] == "Warning" and "expbuild-agent-n1" in lost[0]["message"]
 
@@ -283,7 +279,7 @@ async def test_cancelling_an_agent_run_task_stops_it_and_frees_the_slot(api, ope
         await eventually(lambda: _phase(api, "stopme", "Running"), timeout=30, what="Running")
         await api.patch(f"{TASKS}/stopme", {"spec": {"cancel": True}})
         task = await eventually(lambda: _phase(api, "stopme", "Cancelled"), timeout=10, what="Cancelled")
-        await eventually(lambda: _true(not agent.running), timeout=10, what="the run to stop")
+        await eventually(lambda: not agent.running, timeout=10, what="the run to stop")
         assert agent.free_slots == worker_config.max_concurrent_tasks
         await asyncio.sleep(0.3)  # the agent does not overwrite the operator's Cancelled
     assert (await api.get(f"{TASKS}/stopme"))["status"]["phase"] == "Cancelled"
@@ -297,7 +293,7 @@ async def test_a_task_deleted_while_it_runs_on_an_agent_stops_there(api, kmock, 
     await api.create(TASKS, placed("vanishing", "n1", **sh(f"sleep {marker}")))
     async with running_agent(kmock, worker_config, "n1", counting=counting) as agent:
         await eventually(lambda: _phase(api, "vanishing", "Running"), timeout=30, what="Running")
-        await eventually(lambda: _true(processes_with(marker)), timeout=10, what="its process (positive control)")
+        await eventually(lambda: processes_with(marker), timeout=10, what="its process (positive control)")
         await api.delete(f"{TASKS}/vanishing")
-        await eventually(lambda: _true(not agent.running), timeout=15, what="the run to stop")
-    await eventually(lambda: _true(not processes_with(marker)), timeout=10, what="its processes to go")
+        await eventually(lambda: not agent.running, timeout=15, what="the run to stop")
+    await eventually(lambda: not processes_with(marker), timeout=10, what="its processes to go")

@@ -24,7 +24,7 @@ from expbuild_isolation.api.task import IsolationLevel
 from tests.controller.conftest import CONFIGMAPS, JOBS, TASKS, eventually, task_body
 
 from .conftest import LEASES, needs_root, running_agent
-from .test_agent import _phase, _true, advertise, placed, sh
+from .test_agent import _phase, advertise, placed, sh
 
 pytestmark = needs_root
 
@@ -130,7 +130,7 @@ async def test_a_spec_patched_after_placement_is_refused_not_run(api, kmock, wor
         # The positive control: a placed task nobody touched runs on the freed slot.
         await api.create(TASKS, placed("untouched", "n1", **sh("echo ran")))
         untouched = await eventually(lambda: _finished(api, "untouched"), timeout=30, what="untouched to end")
-        await eventually(lambda: _true(agent.free_slots == 1), timeout=10, what="the slot freed")
+        await eventually(lambda: agent.free_slots == 1, timeout=10, what="the slot freed")
     assert (swapped["status"]["phase"], swapped["status"]["reason"]) == ("Error", "SpecChanged")
     assert (escalated["status"]["phase"], escalated["status"]["reason"]) == ("Error", "SpecChanged")
     assert untouched["status"]["phase"] == "Succeeded" and "ran" in untouched["status"]["logs"]["stdoutTail"]

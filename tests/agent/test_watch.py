@@ -84,7 +84,7 @@ async def test_a_watch_that_ends_is_followed_by_a_listing_that_finds_what_it_mis
     async with running_agent(kmock, worker_config, "n1", counting=counting, poll_seconds=RESYNC,
                              api_class=Api) as agent:
         watching: Any = agent.api
-        await eventually(lambda: _true(len(watching.watches) == 1), timeout=3, what="the first watch")
+        await eventually(lambda: len(watching.watches) == 1, timeout=3, what="the first watch")
         await api.create(TASKS, placed("missed", "n1", **sh("sleep 10")))
         await asyncio.sleep(0.5)
         assert (await api.get(f"{TASKS}/missed"))["status"]["phase"] == "Scheduled"  # nobody saw it yet
@@ -98,13 +98,10 @@ async def test_a_watch_that_ends_is_followed_by_a_listing_that_finds_what_it_mis
 @needs_root
 async def test_stopping_the_agent_ends_its_watch_at_once(api, kmock, worker_config, counting):
     async with running_agent(kmock, worker_config, "n1", counting=counting, poll_seconds=RESYNC):
-        await eventually(lambda: _true(any(r.params.get("watch") == "true" for r in list(kmock))), timeout=3,
+        await eventually(lambda: any(r.params.get("watch") == "true" for r in list(kmock)), timeout=3,
                          what="the agent to watch")
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 1
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_the_watch_stream_yields_this_nodes_events_and_raises_410_gone(kmock):

@@ -37,7 +37,6 @@ to the emulator in this process. Run: ``python tests/bench/bench_operator.py``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -98,6 +97,7 @@ def reflex_child(url: str) -> None:
     import aiohttp
 
     from expbuild_isolation.api.task import ExecutionTask
+    from expbuild_isolation.controller.state import JobsFirst
     from expbuild_isolation.kube.config import OperatorConfig
     from expbuild_isolation.kube.render import objects_for
 
@@ -109,22 +109,15 @@ def reflex_child(url: str) -> None:
                "/apis/networking.k8s.io/v1/networkpolicies", "/apis/expbuild.io/v1alpha1/executionpolicies",
                "/api/v1/namespaces"]
 
-    starting = Counter[str]()
-    idle = asyncio.Event()
+    jobs_first = JobsFirst()  # the operator's order: the Jobs of tasks still starting before status patches
 
     async def answer(session: aiohttp.ClientSession, task: dict[str, Any]) -> None:
         name = task["metadata"]["name"]
         job = json.loads(template.replace("t00000", name).replace("uid-0", task["metadata"].get("uid", "")))
-        try:
+        with jobs_first.starting():
             async with session.post(f"{url}{JOBS}", json=job) as response:
                 await response.read()
-        finally:
-            starting["tasks"] -= 1
-            if not starting["tasks"]:
-                idle.set()
-        if starting["tasks"]:  # the operator's order: the Jobs of tasks still starting first (JobsFirst)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(idle.wait(), 1.0)
+        await jobs_first.wait_turn()
         async with session.patch(f"{url}{TASKS}/{name}/status", json={"status": status},
                                  headers={"Content-Type": "application/merge-patch+json"}) as response:
             await response.read()
@@ -143,8 +136,6 @@ def reflex_child(url: str) -> None:
             async for line in response.content:
                 event = json.loads(line) if line.strip() else {}
                 if path.endswith("executiontasks") and event.get("type") == "ADDED":
-                    starting["tasks"] += 1
-                    idle.clear()
                     job = asyncio.create_task(answer(session, event["object"]))
                     pending.add(job)
                     job.add_done_callback(pending.discard)

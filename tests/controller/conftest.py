@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kopf
@@ -108,10 +109,13 @@ def task_body(name: str, uid: str | None = None, **spec: Any) -> dict[str, Any]:
             "spec": {"image": "localhost/busybox:latest", "command": ["echo", "hello"]} | spec}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "") -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """The first truthy value of ``check()`` (awaited when it is a coroutine), polled every 50 ms."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from expbuild_isolation.api.task import IsolationLevel
-from tests.agent.test_agent import _true, advertise
+from tests.agent.test_agent import advertise
 
 from expbuild_isolation.controller import lifecycle
 from expbuild_isolation.controller.cluster import ApiError, Cluster
@@ -71,7 +71,7 @@ async def test_deleting_an_unfinished_agent_task_cancels_it_first(api, operator)
     await api.delete(f"{TASKS}/leaving")
     await eventually(lambda: _gone(api, "leaving"), what="the task deleted")
     # the agent was told to stop (kopf posts events from a queue: wait for it)
-    await eventually(lambda: _true("Cancelled" in {e["reason"] for e in api.events_for("leaving")}),
+    await eventually(lambda: "Cancelled" in {e["reason"] for e in api.events_for("leaving")},
                      what="the Cancelled event")
     await asyncio.sleep(0.5)  # (a second cancel, from a later event or a retry, would be posted by now)
     assert [e["reason"] for e in api.events_for("leaving")].count("Cancelled") == 1

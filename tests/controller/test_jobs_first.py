@@ -8,6 +8,7 @@ import time
 from expbuild_isolation.controller.state import JobsFirst
 
 from .conftest import JOBS, TASKS, eventually, task_body
+from .test_operator import _phase
 
 
 async def test_nothing_starting_means_no_wait():
@@ -55,10 +56,10 @@ async def test_a_status_patch_waits_while_another_tasks_job_is_still_to_be_creat
     kmock["patch", f"{TASKS}/quick/status"] << status
     kmock["patch", f"{TASKS}/slow/status"] << status
     await api.create(TASKS, task_body("slow"))
-    await eventually(lambda: _true("sent xt-slow" in times), what="the slow Job's POST")
+    await eventually(lambda: "sent xt-slow" in times, what="the slow Job's POST")
     await api.create(TASKS, task_body("quick"))
     for name in ("quick", "slow"):
-        await eventually(lambda name=name: _phase_is(api, name, "Scheduled"), what=f"{name} Scheduled")
+        await eventually(lambda name=name: _phase(api, name, "Scheduled"), what=f"{name} Scheduled")
     # Positive control: quick's Job was created while slow's was still on its way, so its status could have
     # been patched at once; it was patched only once slow had its Job.
     assert times["job xt-quick"] < times["job xt-slow"]
@@ -78,14 +79,5 @@ async def test_with_nothing_else_starting_the_status_follows_the_job_at_once(kmo
     kmock["post", JOBS] << job
     kmock["patch", f"{TASKS}/alone/status"] << status
     await api.create(TASKS, task_body("alone"))
-    await eventually(lambda: _phase_is(api, "alone", "Scheduled"), what="Scheduled")
+    await eventually(lambda: _phase(api, "alone", "Scheduled"), what="Scheduled")
     assert times["status"] - times["job"] < 0.5
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _phase_is(api, name: str, phase: str) -> bool:
-    task = await api.get(f"{TASKS}/{name}")
-    return (task or {}).get("status", {}).get("phase") == phase

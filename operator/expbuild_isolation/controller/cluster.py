@@ -1,8 +1,8 @@
 """Every call the operator makes to the API server, over aiohttp on the event loop (``apiserver``).
 
-The connection comes from kopf's login (``Cluster.from_connection``), so the
-operator and its own calls always share one set of credentials: kubeconfig
-outside a cluster, the service account inside, a test server in tests.
+The connection comes from the operator's kopf login handler (``apiserver.login``, then
+``Cluster.from_connection``), so kopf's watches and the operator's own calls always share one set of
+credentials: kubeconfig outside a cluster, the service account inside, a test server in tests.
 
 Not the ``kubernetes`` client in worker threads, as it once was: under a burst of 200 tasks its
 threads, model serialization and urllib3 were a quarter of the operator's CPU (issue #16).
